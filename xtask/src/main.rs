@@ -1,1 +1,121 @@
-fn main(){}
+//! `cargo xtask`: the project's task runner. A thin dispatcher with no dependencies: it shells
+//! out to cargo.
+//!
+//! ```text
+//! cargo xtask ci                                   fmt check, clippy -D warnings, tests, docs
+//! cargo xtask check-gpu                            type-check the wgpu and cuda builds
+//! cargo xtask bench [criterion args…]              run the criterion benches
+//! cargo xtask <command> [--backend B] [args…]      build `diffusion` in release mode with backend B
+//!                                                  (cpu | wgpu | vulkan | cuda) and run `diffusion <command> args…`
+//! ```
+
+use std::env;
+use std::process::{Command, ExitCode};
+
+const BACKENDS: [&str; 4] = ["cpu", "wgpu", "vulkan", "cuda"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let Some(cmd) = args.first() else {
+        return Err(usage());
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "ci" => ci(),
+        "check-gpu" => check_gpu(),
+        "bench" => cargo(&[&["bench", "-p", "diffusion-benches", "--"][..], &strs(rest)].concat(), &[]),
+        "help" | "--help" | "-h" => {
+            println!("{}", usage());
+            Ok(())
+        }
+        _ => run_cli(cmd, rest),
+    }
+}
+
+fn usage() -> String {
+    "usage: cargo xtask ci | check-gpu | bench [args…] | <diffusion command> [--backend cpu|wgpu|vulkan|cuda] [args…]\n\
+     e.g. cargo xtask schedule --schedule cosine --steps 1000 --plot cosine.png"
+        .to_string()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Runs `cargo <args>` with extra environment variables, failing on a non-zero exit.
+fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(envs.iter().copied())
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+}
+
+/// The whole check that CI (`.ci/run`, `.github/workflows/ci.yml`) runs.
+fn ci() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"], &[])?;
+    cargo(&["test", "--workspace", "--locked"], &[])?;
+    cargo(&["doc", "--workspace", "--no-deps", "--locked"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    Ok(())
+}
+
+/// Type-checks the GPU builds. CUDA's LLVM download is skipped with `DOCS_RS=1` (check only;
+/// linking it needs the download, i.e. internet access).
+fn check_gpu() -> Result<(), String> {
+    cargo(&["check", "-p", "diffusion-cli", "--features", "wgpu,vulkan"], &[])?;
+    cargo(&["check", "-p", "diffusion-cli", "--features", "cuda"], &[("DOCS_RS", "1")])
+}
+
+/// `cargo xtask <cmd> [--backend B] args…` → `diffusion <cmd> [--device B] args…`, release build.
+fn run_cli(cmd: &str, rest: &[String]) -> Result<(), String> {
+    let mut backend = "cpu".to_string();
+    let mut forwarded: Vec<String> = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        if a == "--backend" {
+            backend = it.next().ok_or("--backend needs a value: cpu, wgpu, vulkan or cuda")?.clone();
+        } else if let Some(b) = a.strip_prefix("--backend=") {
+            backend = b.to_string();
+        } else {
+            forwarded.push(a.clone());
+        }
+    }
+    if !BACKENDS.contains(&backend.as_str()) {
+        return Err(format!("unknown backend {backend:?}: expected one of {}", BACKENDS.join(", ")));
+    }
+    let has_device = forwarded.iter().any(|a| a == "--device" || a.starts_with("--device="));
+    let mut args: Vec<String> =
+        vec!["run".into(), "--release".into(), "--quiet".into(), "-p".into(), "diffusion-cli".into()];
+    let mut envs: Vec<(&str, &str)> = Vec::new();
+    if backend != "cpu" {
+        args.extend(["--features".into(), backend.clone()]);
+    }
+    if backend == "cuda" {
+        // cubecl-cuda needs no toolkit at build time; pin the API level when nvcc is absent.
+        if env::var_os("CUDARC_CUDA_VERSION").is_none()
+            && Command::new("nvcc").arg("--version").output().is_err()
+        {
+            envs.push(("CUDARC_CUDA_VERSION", "12080"));
+        }
+    }
+    args.extend(["--".into(), cmd.into()]);
+    if backend != "cpu" && !has_device {
+        args.extend(["--device".into(), backend]);
+    }
+    args.extend(forwarded);
+    cargo(&strs(&args), &envs)
+}

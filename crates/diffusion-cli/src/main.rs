@@ -1,1 +1,72 @@
-fn main(){}
+//! `diffusion`: train, sample and evaluate diffusion models (the leaf binary of diffusion-rs, and
+//! the only crate of the workspace that enables a burn backend).
+
+mod device;
+mod plot;
+mod schedule_cmd;
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::device::DeviceSpec;
+
+/// Denoising diffusion models on burn.
+#[derive(Debug, Parser)]
+#[command(name = "diffusion", version, about)]
+struct Cli {
+    /// Where tensors live: cpu, wgpu\[:N\], vulkan\[:N\] or cuda\[:N\] (the backend must be compiled in).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: DeviceSpec,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print (and plot) the tables of a variance schedule, optionally respaced.
+    Schedule(schedule_cmd::ScheduleArgs),
+    /// Print which backends this binary was built with and check that the chosen device works.
+    Devices,
+}
+
+fn main() {
+    if let Err(err) = run() {
+        // A closed pipe (`diffusion schedule | head`) is the reader's choice, not an error.
+        let broken_pipe = err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            return;
+        }
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match &cli.command {
+        Command::Schedule(args) => schedule_cmd::run(args, &mut out),
+        Command::Devices => {
+            let features: Vec<&str> = [
+                ("cpu", cfg!(feature = "cpu")),
+                ("wgpu", cfg!(feature = "wgpu")),
+                ("vulkan", cfg!(feature = "vulkan")),
+                ("cuda", cfg!(feature = "cuda")),
+            ]
+            .into_iter()
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect();
+            writeln!(out, "compiled backends: {}", features.join(", "))?;
+            let device = cli.device.device()?;
+            let x = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
+            let sum: f32 = x.sum().into_scalar();
+            writeln!(out, "{}: {device:?} ok (1 + 2 + 3 = {sum})", cli.device)?;
+            Ok(())
+        }
+    }
+}

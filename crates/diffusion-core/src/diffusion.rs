@@ -324,8 +324,7 @@ impl GaussianDiffusion {
         assert_eq!(like[0], b, "the timestep batch ({b}) must match the data batch ({})", like[0]);
         let values: Vec<f32> = table.iter().map(|&v| v as f32).collect();
         let n = values.len();
-        let gathered =
-            Tensor::<1>::from_data(TensorData::new(values, [n]), &t.device()).select(0, t.clone());
+        let gathered = Tensor::<1>::from_data(TensorData::new(values, [n]), &t.device()).select(0, t.clone());
         let mut shape = [1usize; D];
         shape[0] = b;
         gathered.reshape(shape)
@@ -385,7 +384,12 @@ impl GaussianDiffusion {
     ///
     /// # Shapes
     /// `x_t, eps: [B, …]`, `t: [B]` → `[B, …]`.
-    pub fn predict_x0_from_eps<const D: usize>(&self, x_t: Tensor<D>, t: Tensor<1, Int>, eps: Tensor<D>) -> Tensor<D> {
+    pub fn predict_x0_from_eps<const D: usize>(
+        &self,
+        x_t: Tensor<D>,
+        t: Tensor<1, Int>,
+        eps: Tensor<D>,
+    ) -> Tensor<D> {
         let dims = x_t.dims();
         assert_eq!(eps.dims(), dims, "predict_x0_from_eps: eps must have the shape of x_t");
         Self::extract(&self.tables.sqrt_recip_alphas_cumprod, &t, dims) * x_t
@@ -396,7 +400,12 @@ impl GaussianDiffusion {
     ///
     /// # Shapes
     /// `x_t, x0: [B, …]`, `t: [B]` → `[B, …]`.
-    pub fn predict_eps_from_x0<const D: usize>(&self, x_t: Tensor<D>, t: Tensor<1, Int>, x0: Tensor<D>) -> Tensor<D> {
+    pub fn predict_eps_from_x0<const D: usize>(
+        &self,
+        x_t: Tensor<D>,
+        t: Tensor<1, Int>,
+        x0: Tensor<D>,
+    ) -> Tensor<D> {
         let dims = x_t.dims();
         assert_eq!(x0.dims(), dims, "predict_eps_from_x0: x0 must have the shape of x_t");
         (Self::extract(&self.tables.sqrt_recip_alphas_cumprod, &t, dims) * x_t - x0)
@@ -426,7 +435,12 @@ impl GaussianDiffusion {
     ///
     /// # Shapes
     /// `x_t, v: [B, …]`, `t: [B]` → `[B, …]`.
-    pub fn predict_x0_from_v<const D: usize>(&self, x_t: Tensor<D>, t: Tensor<1, Int>, v: Tensor<D>) -> Tensor<D> {
+    pub fn predict_x0_from_v<const D: usize>(
+        &self,
+        x_t: Tensor<D>,
+        t: Tensor<1, Int>,
+        v: Tensor<D>,
+    ) -> Tensor<D> {
         let dims = x_t.dims();
         assert_eq!(v.dims(), dims, "predict_x0_from_v: v must have the shape of x_t");
         Self::extract(&self.tables.sqrt_alphas_cumprod, &t, dims) * x_t
@@ -449,10 +463,13 @@ impl GaussianDiffusion {
     ///
     /// # Shapes
     /// `[B, C, …]` (fixed variance) or `[B, 2C, …]` (learned) → `([B, C, …], Option<[B, C, …]>)`.
-    pub fn split_model_output<const D: usize>(&self, model_output: Tensor<D>) -> (Tensor<D>, Option<Tensor<D>>) {
+    pub fn split_model_output<const D: usize>(
+        &self,
+        model_output: Tensor<D>,
+    ) -> (Tensor<D>, Option<Tensor<D>>) {
         if self.config.variance.is_learned() {
             let c2 = model_output.dims()[1];
-            assert!(c2 % 2 == 0, "a learned-variance model must output 2C channels, got {c2}");
+            assert!(c2.is_multiple_of(2), "a learned-variance model must output 2C channels, got {c2}");
             let mut parts = model_output.chunk(2, 1);
             let var = parts.pop().expect("two chunks");
             let mean = parts.pop().expect("two chunks");
@@ -616,7 +633,11 @@ impl GaussianDiffusion {
                     ModelMean::Epsilon => noise,
                     ModelMean::Velocity => self.velocity(x0, t, noise),
                 };
-                assert_eq!(target.dims(), mean_out.dims(), "training_losses: model output must match x0 in shape");
+                assert_eq!(
+                    target.dims(),
+                    mean_out.dims(),
+                    "training_losses: model output must match x0 in shape"
+                );
                 let diff = target - mean_out;
                 let mse = mean_flat(diff.clone() * diff);
                 let loss = match &vb {

@@ -27,7 +27,9 @@ pub enum Error {
         value: f64,
     },
     /// An ᾱ outside (0, 1) or not finite.
-    #[error("alphas_cumprod[{index}] = {value} is outside (0, 1): every alpha-bar must satisfy 0 < alpha_bar < 1")]
+    #[error(
+        "alphas_cumprod[{index}] = {value} is outside (0, 1): every alpha-bar must satisfy 0 < alpha_bar < 1"
+    )]
     AlphaBarOutOfRange {
         /// Position in the schedule.
         index: usize,
@@ -73,5 +75,5 @@ pub enum Error {
     InvalidSamplerUpdate(String),
 }
 
-/// `Result` with [`Error`].
+/// `Result` with [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

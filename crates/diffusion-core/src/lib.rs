@@ -73,6 +73,8 @@ pub use likelihood::{
     approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl, normal_kl_standard,
 };
 pub use respace::space_timesteps;
-pub use schedule::{BetaSchedule, betas_for_alpha_bar, betas_from_alphas_cumprod, cosine_betas, linear_betas};
+pub use schedule::{
+    BetaSchedule, betas_for_alpha_bar, betas_from_alphas_cumprod, cosine_betas, linear_betas,
+};
 pub use tables::DiffusionTables;
 pub use timestep_sampler::{LossSecondMomentSampler, TimestepBatch, TimestepSampler, UniformSampler};

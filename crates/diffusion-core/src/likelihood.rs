@@ -58,7 +58,11 @@ pub fn discretized_gaussian_log_likelihood<const D: usize>(
     log_scales: Tensor<D>,
 ) -> Tensor<D> {
     assert_eq!(x.dims(), means.dims(), "discretized_gaussian_log_likelihood: x and means must share a shape");
-    assert_eq!(x.dims(), log_scales.dims(), "discretized_gaussian_log_likelihood: x and log_scales must share a shape");
+    assert_eq!(
+        x.dims(),
+        log_scales.dims(),
+        "discretized_gaussian_log_likelihood: x and log_scales must share a shape"
+    );
     let centered = x.clone() - means;
     let inv_stdv = log_scales.neg().exp();
     let plus_in = inv_stdv.clone() * centered.clone().add_scalar(1.0 / 255.0);

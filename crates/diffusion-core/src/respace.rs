@@ -34,9 +34,7 @@ pub fn space_timesteps(num_timesteps: usize, spec: &str) -> Result<Vec<usize>> {
     }
     let counts: Vec<usize> = spec_trim
         .split(',')
-        .map(|s| {
-            s.trim().parse::<usize>().map_err(|_| invalid(format!("{s:?} is not a step count")))
-        })
+        .map(|s| s.trim().parse::<usize>().map_err(|_| invalid(format!("{s:?} is not a step count"))))
         .collect::<Result<_>>()?;
     let size_per = num_timesteps / counts.len();
     let extra = num_timesteps % counts.len();

@@ -1,5 +1,5 @@
 //! Timestep samplers for training: uniform, and the loss-second-moment importance sampler of
-//! Nichol & Dhariwal (2021), §3.3 (Eq. 18): p_t ∝ √E[L_t²], with a uniform mix for safety.
+//! Nichol & Dhariwal (2021), §3.3 (Eq. 18): p_t ∝ √E\[L_t²\], with a uniform mix for safety.
 //!
 //! Both return, with each timestep, the importance weight 1/(T·p_t) that keeps the objective's
 //! mean unchanged. The importance sampler's state ([`LossSecondMomentSampler`]) is plain data with
@@ -105,7 +105,9 @@ impl LossSecondMomentSampler {
             return Err(Error::InvalidSamplerState("history_per_term must be at least 1".into()));
         }
         if !(0.0..=1.0).contains(&uniform_prob) {
-            return Err(Error::InvalidSamplerState(format!("uniform_prob = {uniform_prob} is outside [0, 1]")));
+            return Err(Error::InvalidSamplerState(format!(
+                "uniform_prob = {uniform_prob} is outside [0, 1]"
+            )));
         }
         Ok(Self {
             history_per_term,

@@ -73,8 +73,9 @@ proptest! {
 fn q_sample_has_the_closed_form_moments() {
     // x_t = sqrt(a) x0 + sqrt(1 - a) eps: mean sqrt(a) x0, variance 1 - a, for a = alpha_bar_t.
     let dev = device();
-    let d = GaussianDiffusion::from_schedule(&BetaSchedule::Linear { num_timesteps: 1000 }, Default::default())
-        .unwrap();
+    let d =
+        GaussianDiffusion::from_schedule(&BetaSchedule::Linear { num_timesteps: 1000 }, Default::default())
+            .unwrap();
     let (b, n) = (4usize, 50_000usize);
     let ts = [0usize, 250, 600, 999];
     let x0 = Tensor::<2>::ones([b, n], &dev).mul_scalar(0.7);
@@ -87,8 +88,14 @@ fn q_sample_has_the_closed_form_moments() {
         let a = d.tables().alphas_cumprod[t];
         let (m_exp, v_exp) = (a.sqrt() * 0.7, 1.0 - a);
         // 5 standard errors: sd(mean) = sqrt(v / n), sd(var) ~ v sqrt(2 / n).
-        assert!((mean - m_exp).abs() < 5.0 * (v_exp / n as f64).sqrt() + 1e-6, "t = {t}: mean {mean} vs {m_exp}");
-        assert!((var - v_exp).abs() < 5.0 * v_exp * (2.0 / n as f64).sqrt() + 1e-7, "t = {t}: var {var} vs {v_exp}");
+        assert!(
+            (mean - m_exp).abs() < 5.0 * (v_exp / n as f64).sqrt() + 1e-6,
+            "t = {t}: mean {mean} vs {m_exp}"
+        );
+        assert!(
+            (var - v_exp).abs() < 5.0 * v_exp * (2.0 / n as f64).sqrt() + 1e-7,
+            "t = {t}: var {var} vs {v_exp}"
+        );
     }
 }
 
@@ -102,7 +109,8 @@ fn every_prediction_inverts_its_own_target() {
     let t = timesteps(&[0, 1, 300, 700, 999], &dev);
     for mean in [ModelMean::Epsilon, ModelMean::StartX, ModelMean::PreviousX, ModelMean::Velocity] {
         let config = DiffusionConfig { mean, ..Default::default() };
-        let d = GaussianDiffusion::from_schedule(&BetaSchedule::Cosine { num_timesteps: 1000 }, config).unwrap();
+        let d =
+            GaussianDiffusion::from_schedule(&BetaSchedule::Cosine { num_timesteps: 1000 }, config).unwrap();
         let x_t = d.q_sample(x0.clone(), t.clone(), noise.clone());
         let perfect = match mean {
             ModelMean::Epsilon => noise.clone(),
@@ -117,7 +125,13 @@ fn every_prediction_inverts_its_own_target() {
         // rounding of x_t, so check t < T-1 tightly and the last sample loosely.
         let per = 3 * 16;
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            let tol = if i / per == 4 { 0.5 } else if i / per == 3 { 2e-3 } else { 1e-4 };
+            let tol = if i / per == 4 {
+                0.5
+            } else if i / per == 3 {
+                2e-3
+            } else {
+                1e-4
+            };
             assert!((g - w).abs() <= tol, "{mean:?}: x0[{i}] {g} vs {w}");
         }
         // And the training loss of a perfect network is zero.

@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use burn::tensor::Tensor;
 use diffusion_core::{
     BetaSchedule, DiffusionConfig, DiffusionTables, GaussianDiffusion, LossKind, LossSecondMomentSampler,
-    ModelMean, ModelVariance, TimestepSampler, TimestepScaling, discretized_gaussian_log_likelihood, normal_kl,
-    space_timesteps,
+    ModelMean, ModelVariance, TimestepSampler, TimestepScaling, discretized_gaussian_log_likelihood,
+    normal_kl, space_timesteps,
 };
 use serde_json::Value;
 
@@ -106,15 +106,20 @@ fn space_timesteps_match_reference() {
     for case in REF["space_timesteps"].as_array().unwrap() {
         let t = case["num_timesteps"].as_u64().unwrap() as usize;
         let spec = case["spec"].as_str().unwrap();
-        assert_eq!(space_timesteps(t, spec).unwrap(), usizes(&case["steps"]), "space_timesteps({t}, {spec:?})");
+        assert_eq!(
+            space_timesteps(t, spec).unwrap(),
+            usizes(&case["steps"]),
+            "space_timesteps({t}, {spec:?})"
+        );
     }
 }
 
 #[test]
 fn respaced_tables_and_map_match_reference() {
     for case in REF["respaced"].as_array().unwrap() {
-        let base = GaussianDiffusion::from_schedule(&schedule(case["base"].as_str().unwrap()), Default::default())
-            .unwrap();
+        let base =
+            GaussianDiffusion::from_schedule(&schedule(case["base"].as_str().unwrap()), Default::default())
+                .unwrap();
         let spec = case["spec"].as_str().unwrap();
         let d = base.respace_spec(spec).unwrap();
         assert_eq!(d.timestep_map(), usizes(&case["timestep_map"]).as_slice(), "{spec}: timestep map");
@@ -140,10 +145,20 @@ fn forward_and_posterior_ops_match_reference() {
         let q = d.q_mean_variance(x0.clone(), t.clone());
         assert_tensor_close(&format!("{name} q_mean"), q.mean, &exp("q_mean"), OP_TOL);
         assert_tensor_close(&format!("{name} q_variance"), q.variance, &exp("q_variance"), OP_TOL);
-        assert_tensor_close(&format!("{name} q_log_variance"), q.log_variance, &exp("q_log_variance"), OP_TOL);
+        assert_tensor_close(
+            &format!("{name} q_log_variance"),
+            q.log_variance,
+            &exp("q_log_variance"),
+            OP_TOL,
+        );
         let p = d.q_posterior_mean_variance(x0.clone(), x_t.clone(), t.clone());
         assert_tensor_close(&format!("{name} posterior_mean"), p.mean, &exp("posterior_mean"), OP_TOL);
-        assert_tensor_close(&format!("{name} posterior_variance"), p.variance, &exp("posterior_variance"), OP_TOL);
+        assert_tensor_close(
+            &format!("{name} posterior_variance"),
+            p.variance,
+            &exp("posterior_variance"),
+            OP_TOL,
+        );
         assert_tensor_close(
             &format!("{name} posterior_log_variance_clipped"),
             p.log_variance_clipped,
@@ -187,10 +202,20 @@ fn p_mean_variance_and_vb_terms_match_reference_for_every_parameterisation() {
             let exp = |k: &str| floats(&case[k]["data"]);
             assert_tensor_close(&format!("{what} mean"), r.mean, &exp("mean"), OP_TOL);
             assert_tensor_close(&format!("{what} variance"), r.variance, &exp("variance"), OP_TOL);
-            assert_tensor_close(&format!("{what} log_variance"), r.log_variance, &exp("log_variance"), OP_TOL);
+            assert_tensor_close(
+                &format!("{what} log_variance"),
+                r.log_variance,
+                &exp("log_variance"),
+                OP_TOL,
+            );
             assert_tensor_close(&format!("{what} pred_x0"), r.pred_x0, &exp("pred_x0"), OP_TOL);
             let vb = d.vb_terms_bpd(out, x0.clone(), x_t.clone(), t.clone(), clip);
-            assert_tensor_close(&format!("{what} vb"), vb.output, &floats(&vb_case["output"]["data"]), OP_TOL);
+            assert_tensor_close(
+                &format!("{what} vb"),
+                vb.output,
+                &floats(&vb_case["output"]["data"]),
+                OP_TOL,
+            );
             combos += 1;
         }
     }
@@ -263,8 +288,13 @@ fn full_bound_loop_matches_reference() {
         // The stand-in network of gen_reference.py: tanh(x)·0.3 + 0.1·t/1000 (+ variance channels).
         let model = |x: Tensor<4>, ts: Tensor<1>| {
             let b = x.dims()[0];
-            let h = x.clone().tanh().mul_scalar(0.3) + ts.div_scalar(1000.0).mul_scalar(0.1).reshape([b, 1, 1, 1]);
-            if var.is_learned() { Tensor::cat(vec![h, x.tanh().mul_scalar(0.5).add_scalar(-0.2)], 1) } else { h }
+            let h = x.clone().tanh().mul_scalar(0.3)
+                + ts.div_scalar(1000.0).mul_scalar(0.1).reshape([b, 1, 1, 1]);
+            if var.is_learned() {
+                Tensor::cat(vec![h, x.tanh().mul_scalar(0.5).add_scalar(-0.2)], 1)
+            } else {
+                h
+            }
         };
         let clip = case["clip"].as_bool().unwrap();
         let r = d.calc_bpd_loop(x0.clone(), clip, model, |t| noises[num_t - 1 - t].clone());
@@ -287,7 +317,12 @@ fn likelihood_helpers_match_reference_at_the_edges() {
         tensor(&d, [s[0]], &dev)
     };
     let ll = discretized_gaussian_log_likelihood(get("x"), get("means"), get("log_scales"));
-    assert_tensor_close("discretized_gaussian_log_likelihood", ll, &floats(&l["discretized_gaussian_log_likelihood"]["data"]), OP_TOL);
+    assert_tensor_close(
+        "discretized_gaussian_log_likelihood",
+        ll,
+        &floats(&l["discretized_gaussian_log_likelihood"]["data"]),
+        OP_TOL,
+    );
     let flipped = get("log_scales").flip([0]);
     let kl = normal_kl(get("x"), get("log_scales"), get("means"), flipped);
     assert_tensor_close("normal_kl", kl, &floats(&l["normal_kl"]["data"]), OP_TOL);
@@ -310,7 +345,13 @@ fn importance_sampler_weights_match_reference() {
             fed = upto;
             assert_eq!(s.warmed_up(), snap["warmed_up"].as_bool().unwrap(), "warm-up after {fed} losses");
             warmed |= s.warmed_up();
-            assert_close(&format!("weights after {fed}"), &s.weights(), &floats(&snap["weights"]), TABLE_TOL, 0.0);
+            assert_close(
+                &format!("weights after {fed}"),
+                &s.weights(),
+                &floats(&snap["weights"]),
+                TABLE_TOL,
+                0.0,
+            );
         }
         assert!(warmed, "the fixture reaches the importance-sampling regime");
         // Resuming from serialised state continues identically.

@@ -1,0 +1,53 @@
+//! Architecture invariants of ARCHITECTURE.md, checked against `cargo metadata`:
+//! library crates enable no burn backend, and dependencies only point down the layers.
+
+use serde_json::Value;
+
+const BACKEND_FEATURES: [&str; 10] =
+    ["flex", "ndarray", "wgpu", "vulkan", "metal", "cuda", "rocm", "cpu", "tch", "remote"];
+
+/// Allowed workspace-internal dependencies (normal dependencies) per library crate.
+const LAYERS: [(&str, &[&str]); 4] = [
+    ("diffusion-core", &[]),
+    ("diffusion-models", &[]),
+    ("diffusion-train", &["diffusion-core", "diffusion-models"]),
+    ("diffusion-sample", &["diffusion-core", "diffusion-models"]),
+];
+
+fn metadata() -> Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml");
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path", manifest])
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("metadata JSON")
+}
+
+#[test]
+fn libraries_enable_no_backend_and_respect_the_layers() {
+    let meta = metadata();
+    let packages = meta["packages"].as_array().unwrap();
+    for (name, allowed) in LAYERS {
+        let pkg = packages.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{name} is a member"));
+        for dep in pkg["dependencies"].as_array().unwrap() {
+            let dep_name = dep["name"].as_str().unwrap();
+            let normal = dep["kind"].is_null();
+            if dep_name == "burn" && normal {
+                let features: Vec<&str> =
+                    dep["features"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+                for f in &features {
+                    assert!(!BACKEND_FEATURES.contains(f), "{name} enables the burn backend feature {f:?}");
+                }
+                assert_eq!(
+                    dep["uses_default_features"], false,
+                    "{name} must not take burn's default features"
+                );
+            }
+            if dep_name.starts_with("diffusion-") && normal {
+                assert!(allowed.contains(&dep_name), "{name} may not depend on {dep_name}");
+            }
+        }
+    }
+}
