@@ -1,0 +1,1 @@
+//! Block-level checks with expected values derived by hand from the definitions.

@@ -1,0 +1,1 @@
+//! Whole networks: shapes, gradients, checkpoints.

@@ -1,0 +1,97 @@
+//! Imported guided-diffusion checkpoints give guided-diffusion's outputs; parameter counts equal
+//! the reference's (`fixtures/reference.json`, written by `tools/gen_models_reference.py`).
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData};
+use diffusion_models::checkpoint::{import_pytorch_classifier, import_pytorch_unet};
+use diffusion_models::{EncoderUNetConfig, Pool, UNetConfig};
+use serde_json::Value;
+
+use crate::{assert_close, device, tensor, values};
+
+static REF: LazyLock<Value> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("fixtures/reference.json")).expect("reference.json parses")
+});
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures").join(format!("{name}.pt"))
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn input4(v: &Value) -> Tensor<4> {
+    let s: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    tensor(floats(&v["data"]), [s[0], s[1], s[2], s[3]], &device())
+}
+
+#[test]
+fn imported_unets_reproduce_guided_diffusion_outputs() {
+    let dev = device();
+    for case in REF["unets"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let config: UNetConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let unet =
+            import_pytorch_unet(&fixture(name), &config, &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(unet.num_params(), case["params"].as_u64().unwrap() as usize, "{name}: parameter count");
+        let t = Tensor::<1>::from_data(TensorData::new(floats(&case["t"]), [2]), &dev);
+        let y = case["y"].as_array().map(|y| {
+            let v: Vec<i64> = y.iter().map(|x| x.as_i64().unwrap()).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [2]), &dev)
+        });
+        let out = unet.forward(input4(&case["x"]), t, y);
+        assert_close(name, &values(out), &floats(&case["out"]["data"]), 1e-4);
+    }
+}
+
+#[test]
+fn imported_classifiers_reproduce_guided_diffusion_logits() {
+    let dev = device();
+    for case in REF["classifiers"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let unet: UNetConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let pool: Pool = serde_json::from_value(case["pool"].clone()).unwrap();
+        let config = EncoderUNetConfig::new(unet).with_pool(pool);
+        let clf = import_pytorch_classifier(&fixture(name), &config, &dev)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(clf.num_params(), case["params"].as_u64().unwrap() as usize, "{name}: parameter count");
+        let t = Tensor::<1>::from_data(TensorData::new(floats(&case["t"]), [2]), &dev);
+        let logits = clf.forward(input4(&case["x"]), t);
+        assert_close(name, &values(logits), &floats(&case["out"]["data"]), 1e-4);
+    }
+}
+
+#[test]
+fn preset_parameter_counts_equal_the_reference_models() {
+    let dev = device();
+    let counts = &REF["param_counts"];
+    assert_eq!(counts["cifar10_iddpm"], 52_546_438, "the issue's figure");
+    for (name, config) in [
+        ("cifar10_iddpm", UNetConfig::cifar10_iddpm()),
+        ("imagenet64_adm", UNetConfig::imagenet64_adm()),
+        ("mnist", UNetConfig::mnist()),
+        ("tiny", UNetConfig::tiny()),
+        ("tiny_mnist", UNetConfig::tiny_mnist()),
+    ] {
+        let n = config.init(&dev).num_params();
+        assert_eq!(n, counts[name].as_u64().unwrap() as usize, "{name}");
+    }
+    let clf = EncoderUNetConfig::imagenet64_classifier().init(&dev).num_params();
+    assert_eq!(clf, counts["imagenet64_classifier"].as_u64().unwrap() as usize, "imagenet64 classifier");
+}
+
+#[test]
+fn a_mismatched_configuration_is_a_clear_import_error() {
+    let dev = device();
+    let case = &REF["unets"][0];
+    let mut config: UNetConfig = serde_json::from_value(case["config"].clone()).unwrap();
+    config.num_classes = None; // the checkpoint has a label embedding
+    let err = import_pytorch_unet(&fixture("unet_cond_legacy"), &config, &dev).unwrap_err().to_string();
+    assert!(err.contains("label_emb"), "{err}");
+    let err = import_pytorch_unet(&fixture("no_such_file"), &config, &dev).unwrap_err().to_string();
+    assert!(err.contains("no such file"), "{err}");
+}
