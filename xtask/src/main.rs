@@ -33,7 +33,9 @@ fn run(args: &[String]) -> Result<(), String> {
     match cmd.as_str() {
         "ci" => ci(),
         "check-gpu" => check_gpu(),
-        "bench" => cargo(&[&["bench", "-p", "diffusion-benches", "--"][..], &strs(rest)].concat(), &[]),
+        "bench" => {
+            cargo(&[&["bench", "-p", "diffusion-benches", "--benches", "--"][..], &strs(rest)].concat(), &[])
+        }
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             Ok(())

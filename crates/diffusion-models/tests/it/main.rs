@@ -51,3 +51,25 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: f32) {
         assert!((a - e).abs() <= tol * e.abs().max(1.0), "{what}[{i}]: {a} vs {e}");
     }
 }
+
+/// Replaces every float parameter by small pseudo-random values, so that zero-initialised layers
+/// do not hide a path through the network.
+pub fn randomise<M: burn::module::Module>(module: M, seed: u64) -> M {
+    struct Randomise(u64);
+    impl burn::module::ModuleMapper for Randomise {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            self.0 += 1;
+            let seed = self.0;
+            param.map(|t| {
+                let dims = t.dims();
+                let dev = t.device();
+                let r = host_uniform(dims, seed, &dev).mul_scalar(0.1);
+                if t.is_require_grad() { r.require_grad() } else { r }
+            })
+        }
+    }
+    module.map(&mut Randomise(seed))
+}

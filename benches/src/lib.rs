@@ -1,1 +1,0 @@
-//! Criterion benchmarks of diffusion-rs live in `benches/`; run them with `cargo xtask bench`.
