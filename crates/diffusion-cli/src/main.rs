@@ -2,6 +2,7 @@
 //! the only crate of the workspace that enables a burn backend).
 
 mod device;
+mod model_cmd;
 mod plot;
 mod schedule_cmd;
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Print (and plot) the tables of a variance schedule, optionally respaced.
     Schedule(schedule_cmd::ScheduleArgs),
+    /// Print a network's architecture and parameter counts; import PyTorch checkpoints.
+    Model(model_cmd::ModelArgs),
     /// Print which backends this binary was built with and check that the chosen device works.
     Devices,
 }
@@ -51,6 +54,7 @@ fn run() -> Result<()> {
     let mut out = stdout.lock();
     match &cli.command {
         Command::Schedule(args) => schedule_cmd::run(args, &mut out),
+        Command::Model(args) => model_cmd::run(args, &cli.device.device()?, &mut out),
         Command::Devices => {
             let features: Vec<&str> = [
                 ("cpu", cfg!(feature = "cpu")),

@@ -379,6 +379,10 @@ impl Upsample {
 }
 
 /// One layer of a UNet block (PyTorch's `TimestepEmbedSequential` children).
+///
+/// Variants are stored inline (a UNet has a few dozen layers; the size difference is harmless and
+/// keeps the module tree, hence checkpoint paths, free of boxes).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Layer {
     /// The input convolution.

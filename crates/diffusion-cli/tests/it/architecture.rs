@@ -10,6 +10,7 @@ const BACKEND_FEATURES: [&str; 10] =
 const LAYERS: [(&str, &[&str]); 4] = [
     ("diffusion-core", &[]),
     ("diffusion-models", &[]),
+    // (diffusion-models may not use diffusion-core either: networks know nothing of schedules.)
     ("diffusion-train", &["diffusion-core", "diffusion-models"]),
     ("diffusion-sample", &["diffusion-core", "diffusion-models"]),
 ];

@@ -1,0 +1,168 @@
+//! `diffusion model`: architecture summaries, parameter counts and PyTorch import.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::{Args, ValueEnum};
+use diffusion_models::checkpoint::{
+    AnyModel, ModelSpec, import_pytorch_classifier, import_pytorch_unet, load_checkpoint, save_checkpoint,
+};
+use diffusion_models::summary::Summary;
+use diffusion_models::{EncoderUNetConfig, MlpConfig, UNetConfig};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table of parts and parameter counts.
+    Table,
+    /// `{"kind", "config", "rows", "total_params"}`.
+    Json,
+}
+
+/// Arguments of `diffusion model`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["preset", "config", "checkpoint"])))]
+pub struct ModelArgs {
+    /// A named network: cifar10_iddpm, imagenet64_adm, mnist, tiny, tiny_mnist (UNets),
+    /// imagenet64_classifier, tiny_classifier (classifiers), mlp.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A JSON file: `{"kind": "unet"|"classifier"|"mlp", "config": {…}}` or a bare UNet config.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A diffusion-rs checkpoint (its header holds the configuration).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// How to print the summary.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Import a PyTorch state dict (improved-/guided-diffusion `.pt`) into the chosen network…
+    #[arg(long, requires = "save")]
+    pub import_pytorch: Option<PathBuf>,
+    /// …and save it as a diffusion-rs checkpoint here.
+    #[arg(long, requires = "import_pytorch")]
+    pub save: Option<PathBuf>,
+}
+
+/// The spec of a preset name.
+pub fn preset_spec(name: &str) -> Result<ModelSpec> {
+    let key = name.replace('-', "_");
+    Ok(match key.as_str() {
+        "imagenet64_classifier" => ModelSpec::Classifier(EncoderUNetConfig::imagenet64_classifier()),
+        "tiny_classifier" => ModelSpec::Classifier(EncoderUNetConfig::tiny(10)),
+        "mlp" => ModelSpec::Mlp(MlpConfig::new()),
+        _ => ModelSpec::Unet(UNetConfig::preset(&key).map_err(|_| {
+            anyhow::anyhow!(
+                "unknown preset {name:?}: expected cifar10_iddpm, imagenet64_adm, mnist, tiny, tiny_mnist, \
+                 imagenet64_classifier, tiny_classifier or mlp"
+            )
+        })?),
+    })
+}
+
+fn config_spec(path: &Path) -> Result<ModelSpec> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    match serde_json::from_str::<ModelSpec>(&text) {
+        Ok(spec) => Ok(spec),
+        Err(spec_err) => match serde_json::from_str::<UNetConfig>(&text) {
+            Ok(unet) => Ok(ModelSpec::Unet(unet)),
+            Err(unet_err) => bail!(
+                "{} is neither a model spec ({spec_err}) nor a UNet config ({unet_err})",
+                path.display()
+            ),
+        },
+    }
+}
+
+fn summarise(model: &AnyModel) -> Summary {
+    match model {
+        AnyModel::Unet(m) => Summary::of_unet(m),
+        AnyModel::Classifier(m) => Summary::of_classifier(m),
+        AnyModel::Mlp(m) => Summary::of_mlp(m),
+    }
+}
+
+fn build(spec: &ModelSpec, device: &Device) -> Result<AnyModel> {
+    Ok(match spec {
+        ModelSpec::Unet(c) => AnyModel::Unet(c.try_init(device)?),
+        ModelSpec::Classifier(c) => AnyModel::Classifier(c.try_init(device)?),
+        ModelSpec::Mlp(c) => {
+            c.validate()?;
+            AnyModel::Mlp(c.init(device))
+        }
+    })
+}
+
+/// Runs the command.
+pub fn run(args: &ModelArgs, device: &Device, out: &mut dyn Write) -> Result<()> {
+    let (spec, model) = if let Some(path) = &args.checkpoint {
+        let (header, model) = load_checkpoint(path, device)?;
+        (header.model, model)
+    } else {
+        let spec = match (&args.preset, &args.config) {
+            (Some(name), _) => preset_spec(name)?,
+            (None, Some(path)) => config_spec(path)?,
+            (None, None) => unreachable!("clap requires a source"),
+        };
+        let model = match &args.import_pytorch {
+            Some(pt) => match &spec {
+                ModelSpec::Unet(c) => AnyModel::Unet(import_pytorch_unet(pt, c, device)?),
+                ModelSpec::Classifier(c) => AnyModel::Classifier(import_pytorch_classifier(pt, c, device)?),
+                ModelSpec::Mlp(_) => bail!("--import-pytorch supports UNets and classifiers, not the MLP"),
+            },
+            None => build(&spec, device)?,
+        };
+        (spec, model)
+    };
+    if let Some(dest) = &args.save {
+        let extra = serde_json::json!({ "imported_from": args.import_pytorch });
+        match &model {
+            AnyModel::Unet(m) => save_checkpoint(dest, &spec, m, extra)?,
+            AnyModel::Classifier(m) => save_checkpoint(dest, &spec, m, extra)?,
+            AnyModel::Mlp(m) => save_checkpoint(dest, &spec, m, extra)?,
+        }
+        eprintln!("wrote {}", dest.display());
+    }
+    let summary = summarise(&model);
+    let (kind, config) = match &spec {
+        ModelSpec::Unet(c) => ("unet", serde_json::to_value(c)?),
+        ModelSpec::Classifier(c) => ("classifier", serde_json::to_value(c)?),
+        ModelSpec::Mlp(c) => ("mlp", serde_json::to_value(c)?),
+    };
+    match args.format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "kind": kind,
+                "config": config,
+                "rows": summary.rows,
+                "total_params": summary.total_params,
+            });
+            serde_json::to_writer_pretty(&mut *out, &v)?;
+            writeln!(out)?;
+        }
+        Format::Table => {
+            writeln!(out, "# {kind}: {}", serde_json::to_string(&config)?)?;
+            writeln!(out, "{:<18} {:<44} {:>14}", "part", "layers", "parameters")?;
+            for r in &summary.rows {
+                writeln!(out, "{:<18} {:<44} {:>14}", r.name, r.kind, group_digits(r.params))?;
+            }
+            writeln!(out, "{:<18} {:<44} {:>14}", "total", "", group_digits(summary.total_params))?;
+        }
+    }
+    Ok(())
+}
+
+/// `52546438` → `52,546,438`.
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
