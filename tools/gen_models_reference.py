@@ -161,6 +161,44 @@ ref["param_counts"]["imagenet64_classifier"] = count(EncoderUNetModel(
     attention_resolutions=(2, 4, 8), channel_mult=(1, 2, 3, 4), num_head_channels=64, use_scale_shift_norm=True,
     resblock_updown=True, use_new_attention_order=True, pool="attention"))
 
+# Networks described by the reference's own command-line flags (script_util), as users copy them
+# from the READMEs; counted with guided-diffusion's create_model / create_classifier.
+from guided_diffusion import script_util  # noqa: E402
+
+ref["flag_cases"] = []
+flag_cases = [
+    {"image_size": 32, "num_channels": 128, "num_res_blocks": 3, "learn_sigma": True, "dropout": 0.3},
+    {"image_size": 64, "num_channels": 192, "num_res_blocks": 3, "attention_resolutions": "32,16,8",
+     "num_head_channels": 64, "resblock_updown": True, "use_new_attention_order": True, "learn_sigma": True,
+     "class_cond": True, "dropout": 0.1, "diffusion_steps": 1000, "noise_schedule": "cosine"},
+    {"image_size": 128, "num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8",
+     "num_heads": 4, "resblock_updown": True, "learn_sigma": True, "class_cond": True},
+    {"image_size": 256, "num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8",
+     "num_head_channels": 64, "resblock_updown": True, "learn_sigma": True},
+    {"image_size": 64, "num_channels": 64, "num_res_blocks": 1, "num_heads": 4, "num_heads_upsample": 2,
+     "attention_resolutions": "16", "channel_mult": "1,2,4", "use_scale_shift_norm": False},
+    {"image_size": 64, "classifier_depth": 4, "classifier_width": 128, "classifier_attention_resolutions": "32,16,8",
+     "classifier_pool": "attention"},
+    {"image_size": 128, "classifier_depth": 2, "classifier_pool": "adaptive",
+     "classifier_use_scale_shift_norm": False},
+]
+for flags in flag_cases:
+    if any(k.startswith("classifier_") for k in flags):
+        args = script_util.classifier_defaults()
+        args.update(flags)
+        m = script_util.create_classifier(**{k: args[k] for k in script_util.classifier_defaults()})
+    else:
+        args = script_util.model_and_diffusion_defaults()
+        args.update(flags)
+        if args["image_size"] == 32 and not args["channel_mult"]:
+            args["channel_mult"] = "1,2,2,2"  # improved-diffusion's choice at 32x32
+        keys = ["image_size", "num_channels", "num_res_blocks", "channel_mult", "learn_sigma", "class_cond",
+                "use_checkpoint", "attention_resolutions", "num_heads", "num_head_channels", "num_heads_upsample",
+                "use_scale_shift_norm", "dropout", "resblock_updown", "use_fp16", "use_new_attention_order"]
+        m = script_util.create_model(**{k: args[k] for k in keys})
+    ref["flag_cases"].append({"flags": flags, "params": count(m)})
+    del m
+
 with open(os.path.join(OUT, "reference.json"), "w") as f:
     json.dump(ref, f, separators=(",", ":"))
 print(json.dumps(ref["param_counts"]), [(u["name"], u["params"]) for u in ref["unets"] + ref["classifiers"]])

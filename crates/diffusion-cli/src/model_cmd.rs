@@ -29,7 +29,8 @@ pub struct ModelArgs {
     /// imagenet64_classifier, tiny_classifier (classifiers), mlp.
     #[arg(long)]
     pub preset: Option<String>,
-    /// A JSON file: `{"kind": "unet"|"classifier"|"mlp", "config": {…}}` or a bare UNet config.
+    /// A JSON file: `{"kind": "unet"|"classifier"|"mlp", "config": {…}}`, a bare UNet config, or
+    /// guided-/improved-diffusion flags (`{"num_channels": 128, "attention_resolutions": "16,8", …}`).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// A diffusion-rs checkpoint (its header holds the configuration).
@@ -64,6 +65,17 @@ pub fn preset_spec(name: &str) -> Result<ModelSpec> {
 
 fn config_spec(path: &Path) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && diffusion_models::openai::looks_like_flags(&v)
+    {
+        let flags = v.as_object().expect("flags are an object");
+        let spec = if flags.keys().any(|k| k.starts_with("classifier_")) {
+            ModelSpec::Classifier(diffusion_models::openai::classifier_from_flags(flags)?)
+        } else {
+            ModelSpec::Unet(diffusion_models::openai::unet_from_flags(flags)?)
+        };
+        return Ok(spec);
+    }
     match serde_json::from_str::<ModelSpec>(&text) {
         Ok(spec) => Ok(spec),
         Err(spec_err) => match serde_json::from_str::<UNetConfig>(&text) {

@@ -41,14 +41,13 @@ pub struct EncoderUNetConfig {
 
 impl EncoderUNetConfig {
     /// guided-diffusion's ImageNet 64×64 classifier: 128 channels, 4 res blocks, mult 1,2,3,4,
-    /// attention at 32/16/8 with 64 channels per head, BigGAN down, AdaGN, attention pooling,
-    /// 1000 classes.
+    /// attention at 32/16/8 with 64 channels per head (legacy order, as `create_classifier`),
+    /// BigGAN down, AdaGN, attention pooling, 1000 classes.
     pub fn imagenet64_classifier() -> Self {
         let unet = UNetConfig::new(64, 3, 128, 1000, 4, vec![32, 16, 8], vec![1, 2, 3, 4])
             .with_num_head_channels(Some(64))
             .with_resblock_updown(true)
-            .with_use_scale_shift_norm(true)
-            .with_attention_order(AttentionOrder::New);
+            .with_use_scale_shift_norm(true);
         Self::new(unet).with_pool(Pool::Attention)
     }
 

@@ -28,6 +28,7 @@ pub mod classifier;
 pub mod embedding;
 pub mod error;
 pub mod mlp;
+pub mod openai;
 pub mod summary;
 pub mod unet;
 

@@ -83,3 +83,19 @@ fn model_needs_exactly_one_source() {
     assert!(fails(&["model"]).contains("required"));
     assert!(fails(&["model", "--preset", "tiny", "--save", "x.ckpt"]).contains("--import-pytorch"));
 }
+
+#[test]
+fn reference_flag_files_describe_networks() {
+    let r = models_reference();
+    let dir = std::env::temp_dir().join(format!("diffusion-model-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, case) in r["flag_cases"].as_array().unwrap().iter().enumerate() {
+        let path = dir.join(format!("flags{i}.json"));
+        std::fs::write(&path, case["flags"].to_string()).unwrap();
+        let v: Value =
+            serde_json::from_str(&ok(&["model", "--config", path.to_str().unwrap(), "--format", "json"]))
+                .unwrap();
+        assert_eq!(v["total_params"], case["params"], "{}", case["flags"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -95,3 +95,24 @@ fn a_mismatched_configuration_is_a_clear_import_error() {
     let err = import_pytorch_unet(&fixture("no_such_file"), &config, &dev).unwrap_err().to_string();
     assert!(err.contains("no such file"), "{err}");
 }
+
+#[test]
+fn networks_from_reference_flags_have_the_reference_parameter_counts() {
+    use diffusion_models::openai::{classifier_from_flags, unet_from_flags};
+    let dev = device();
+    let cases = REF["flag_cases"].as_array().unwrap();
+    assert!(cases.len() >= 7);
+    for case in cases {
+        let flags = case["flags"].as_object().unwrap();
+        let n = if flags.keys().any(|k| k.starts_with("classifier_")) {
+            classifier_from_flags(flags).unwrap().init(&dev).num_params()
+        } else {
+            unet_from_flags(flags).unwrap().init(&dev).num_params()
+        };
+        assert_eq!(n, case["params"].as_u64().unwrap() as usize, "{flags:?}");
+    }
+    // Typos are errors, not silently ignored flags.
+    let typo = serde_json::json!({"image_size": 64, "num_chanels": 64});
+    let err = unet_from_flags(typo.as_object().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("num_chanels"), "{err}");
+}
