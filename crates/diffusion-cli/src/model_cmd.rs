@@ -65,27 +65,21 @@ pub fn preset_spec(name: &str) -> Result<ModelSpec> {
 
 fn config_spec(path: &Path) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-        && diffusion_models::openai::looks_like_flags(&v)
-    {
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let spec = if diffusion_models::openai::looks_like_flags(&v) {
         let flags = v.as_object().expect("flags are an object");
-        let spec = if flags.keys().any(|k| k.starts_with("classifier_")) {
+        if flags.keys().any(|k| k.starts_with("classifier_")) {
             ModelSpec::Classifier(diffusion_models::openai::classifier_from_flags(flags)?)
         } else {
             ModelSpec::Unet(diffusion_models::openai::unet_from_flags(flags)?)
-        };
-        return Ok(spec);
-    }
-    match serde_json::from_str::<ModelSpec>(&text) {
-        Ok(spec) => Ok(spec),
-        Err(spec_err) => match serde_json::from_str::<UNetConfig>(&text) {
-            Ok(unet) => Ok(ModelSpec::Unet(unet)),
-            Err(unet_err) => bail!(
-                "{} is neither a model spec ({spec_err}) nor a UNet config ({unet_err})",
-                path.display()
-            ),
-        },
-    }
+        }
+    } else if v.get("kind").is_some() {
+        ModelSpec::from_json(&v)?
+    } else {
+        ModelSpec::Unet(UNetConfig::from_json(&v)?)
+    };
+    Ok(spec)
 }
 
 fn summarise(model: &AnyModel) -> Summary {

@@ -25,6 +25,7 @@
 pub mod blocks;
 pub mod checkpoint;
 pub mod classifier;
+pub mod config_json;
 pub mod embedding;
 pub mod error;
 pub mod mlp;

@@ -132,7 +132,9 @@ fn default_channel_mult(image_size: usize) -> Result<Vec<usize>> {
         64 => vec![1, 2, 3, 4],
         32 => vec![1, 2, 2, 2],
         512 => {
-            return Err(bad("image_size 512 uses a channel multiplier of 0.5, which is not supported".into()));
+            return Err(
+                bad("image_size 512 uses a channel multiplier of 0.5, which is not supported".into()),
+            );
         }
         other => {
             return Err(bad(format!("no default channel_mult for image_size {other}: give channel_mult")));

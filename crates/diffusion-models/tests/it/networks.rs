@@ -167,3 +167,37 @@ fn summary_rows_add_up_to_the_parameter_count() {
     assert_eq!(s.rows.iter().filter(|r| r.name.starts_with("input_blocks")).count(), 16);
     assert_eq!(s.rows.iter().filter(|r| r.name.starts_with("output_blocks")).count(), 16);
 }
+
+#[test]
+fn json_configs_fill_defaults_and_name_mistakes() {
+    use diffusion_models::checkpoint::ModelSpec;
+    let minimal = serde_json::json!({
+        "image_size": 32, "in_channels": 3, "model_channels": 64, "out_channels": 3,
+        "num_res_blocks": 2, "attention_resolutions": [16], "channel_mult": [1, 2, 2]
+    });
+    let c = UNetConfig::from_json(&minimal).unwrap();
+    assert_eq!(c.num_heads, 1);
+    assert_eq!(c.norm_groups, 32);
+    assert!(!c.use_scale_shift_norm);
+    // Round trip: the full serialised form reads back equal.
+    assert_eq!(UNetConfig::from_json(&serde_json::to_value(&c).unwrap()).unwrap(), c);
+
+    let mut typo = minimal.clone();
+    typo["num_head"] = 4.into();
+    let err = UNetConfig::from_json(&typo).unwrap_err().to_string();
+    assert!(err.contains("unknown UNet config field \"num_head\""), "{err}");
+    let mut missing = minimal.clone();
+    missing.as_object_mut().unwrap().remove("channel_mult");
+    let err = UNetConfig::from_json(&missing).unwrap_err().to_string();
+    assert!(err.contains("\"channel_mult\""), "{err}");
+
+    let spec = ModelSpec::from_json(&serde_json::json!({"kind": "mlp", "config": {"hidden": 64}})).unwrap();
+    assert_eq!(spec, ModelSpec::Mlp(MlpConfig::new().with_hidden(64)));
+    let spec = ModelSpec::from_json(
+        &serde_json::json!({"kind": "classifier", "config": {"unet": minimal, "pool": "spatial"}}),
+    )
+    .unwrap();
+    let ModelSpec::Classifier(clf) = spec else { panic!("a classifier") };
+    assert_eq!(clf.pool, Pool::Spatial);
+    assert!(ModelSpec::from_json(&serde_json::json!({"kind": "gan", "config": {}})).is_err());
+}
