@@ -1,0 +1,335 @@
+//! Samplers against closed forms: with a perfect denoiser for Gaussian data x_0 ~ 𝒩(μ, diag s²),
+//! E[ε | x_t] = √(1−ᾱ_t) (x_t − √ᾱ_t μ) / (ᾱ_t s² + 1 − ᾱ_t) exactly, so every sampler must return
+//! samples with mean μ and standard deviation s (within Monte-Carlo and discretisation tolerance).
+
+use burn::tensor::{Device, Tensor, TensorData};
+use diffusion_core::{BetaSchedule, DiffusionConfig, GaussianDiffusion, ModelVariance};
+use diffusion_sample::sampler::{Predictor, sample_from};
+use diffusion_sample::{Method, NoiseSource, SampleOptions, ddim_reverse_loop, sample, slerp};
+
+const MU: [f64; 2] = [0.5, -0.3];
+const S: [f64; 2] = [0.3, 0.2];
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+fn process(steps: usize, variance: ModelVariance) -> GaussianDiffusion {
+    let config = DiffusionConfig { variance, ..Default::default() };
+    GaussianDiffusion::from_schedule(&BetaSchedule::Cosine { num_timesteps: steps }, config).unwrap()
+}
+
+/// The exact ε-prediction for the Gaussian data, using the original process's ᾱ at the (original)
+/// timestep the sampler passes in.
+/// Dimension `d` of the data has mean MU[d % 2] and standard deviation S[d % 2].
+fn perfect(original: &GaussianDiffusion) -> impl Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + '_ {
+    move |x: Tensor<2>, t: Tensor<1>| {
+        let dev = x.device();
+        let dim = x.dims()[1];
+        let ts = values(t);
+        let xs = values(x);
+        let mut out = Vec::with_capacity(xs.len());
+        for (row, tv) in ts.iter().enumerate() {
+            let ab = original.tables().alphas_cumprod[tv.round() as usize];
+            for d in 0..dim {
+                let x = f64::from(xs[row * dim + d]);
+                let (mu, s) = (MU[d % 2], S[d % 2]);
+                out.push(((1.0 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * s * s + 1.0 - ab)) as f32);
+            }
+        }
+        Tensor::from_data(TensorData::new(out, [ts.len(), dim]), &dev)
+    }
+}
+
+/// Means and standard deviations of the even and the odd dimensions.
+fn moments(x: &[f32]) -> ([f64; 2], [f64; 2]) {
+    let n = (x.len() / 2) as f64;
+    let mut m = [0.0; 2];
+    let mut v = [0.0; 2];
+    for d in 0..2 {
+        m[d] = x.iter().skip(d).step_by(2).map(|&a| f64::from(a)).sum::<f64>() / n;
+        v[d] = x.iter().skip(d).step_by(2).map(|&a| (f64::from(a) - m[d]).powi(2)).sum::<f64>() / (n - 1.0);
+    }
+    (m, [v[0].sqrt(), v[1].sqrt()])
+}
+
+/// The exact mean and standard deviation of a linear sampler's output for this Gaussian data:
+/// with the perfect ε̂ every DDPM/DDIM step is x ← A x + B + σ z, so the moments propagate in
+/// closed form from x_T ~ 𝒩(0, 1).
+fn exact_moments(p: &GaussianDiffusion, method: Method) -> ([f64; 2], [f64; 2]) {
+    let tb = p.tables();
+    let mut out = ([0.0; 2], [0.0; 2]);
+    for d in 0..2 {
+        let (mu, s) = (MU[d], S[d]);
+        if let Method::Langevin { steps_per_level, step_scale } = method {
+            // Linear too, on y = x/√ᾱ: y ← c y + (1 − c) μ + √α z with c = 1 − α / (2 (s² + σ_t²)).
+            let ve = |a: f64| (1.0 - a) / a;
+            let last = tb.alphas_cumprod[p.num_timesteps() - 1];
+            let (mut m, mut v) = (0.0f64, 1.0 / last);
+            for i in (0..p.num_timesteps()).rev() {
+                let sig2 = ve(tb.alphas_cumprod[i]);
+                let alpha = step_scale * sig2 / ve(tb.alphas_cumprod[0]);
+                let c = 1.0 - alpha / (2.0 * (s * s + sig2));
+                for _ in 0..steps_per_level {
+                    m = c * m + (1.0 - c) * mu;
+                    v = c * c * v + alpha;
+                }
+            }
+            // Tweedie at the last level: E[x_0 | y] = μ + w (y − μ), w = s² / (s² + σ_0²).
+            let w = s * s / (s * s + ve(tb.alphas_cumprod[0]));
+            out.0[d] = mu + w * (m - mu);
+            out.1[d] = w * v.sqrt();
+            continue;
+        }
+        let (mut m, mut v) = (0.0f64, 1.0f64);
+        for i in (0..p.num_timesteps()).rev() {
+            let ab = tb.alphas_cumprod[i];
+            let abp = tb.alphas_cumprod_prev[i];
+            let k = (1.0 - ab).sqrt() / (ab * s * s + 1.0 - ab);
+            // x0_hat = ax * x + bx
+            let ax = 1.0 / ab.sqrt() - (1.0 / ab - 1.0).sqrt() * k;
+            let bx = (1.0 / ab - 1.0).sqrt() * k * ab.sqrt() * mu;
+            let (a, b, var) = match method {
+                Method::Ddpm => {
+                    let (c1, c2) = (tb.posterior_mean_coef1[i], tb.posterior_mean_coef2[i]);
+                    let var = match p.config().variance {
+                        ModelVariance::FixedLarge => tb.fixed_large_variance[i],
+                        _ => tb.posterior_variance[i],
+                    };
+                    (c1 * ax + c2, c1 * bx, if i > 0 { var } else { 0.0 })
+                }
+                Method::Ddim { eta } => {
+                    let sigma = eta * ((1.0 - abp) / (1.0 - ab)).sqrt() * (1.0 - ab / abp).sqrt();
+                    let c = (1.0 - abp - sigma * sigma).max(0.0).sqrt();
+                    (
+                        abp.sqrt() * ax + c * k,
+                        abp.sqrt() * bx - c * k * ab.sqrt() * mu,
+                        if i > 0 { sigma * sigma } else { 0.0 },
+                    )
+                }
+                _ => unreachable!("linear samplers only"),
+            };
+            m = a * m + b;
+            v = a * a * v + var;
+        }
+        out.0[d] = m;
+        out.1[d] = v.sqrt();
+    }
+    out
+}
+
+/// Sample moments equal the exact ones within Monte-Carlo error (4 standard errors).
+#[track_caller]
+fn assert_exact_moments(what: &str, p: &GaussianDiffusion, method: Method, x: Tensor<2>) {
+    let xs = values(x);
+    let (m, s) = moments(&xs);
+    let (em, es) = exact_moments(p, method);
+    let n = (xs.len() / 2) as f64;
+    for d in 0..2 {
+        assert!(
+            (m[d] - em[d]).abs() < 4.0 * es[d] / n.sqrt(),
+            "{what}: mean[{d}] {} vs exact {}",
+            m[d],
+            em[d]
+        );
+        assert!(
+            (s[d] / es[d] - 1.0).abs() < 4.0 / (2.0 * n).sqrt(),
+            "{what}: std[{d}] {} vs exact {}",
+            s[d],
+            es[d]
+        );
+    }
+}
+
+#[track_caller]
+fn assert_data_moments(what: &str, x: Tensor<2>, std_tol: f64) {
+    let (m, s) = moments(&values(x));
+    for d in 0..2 {
+        assert!((m[d] - MU[d]).abs() < 0.03, "{what}: mean[{d}] = {} vs {}", m[d], MU[d]);
+        assert!((s[d] / S[d] - 1.0).abs() < std_tol, "{what}: std[{d}] = {} vs {}", s[d], S[d]);
+    }
+}
+
+const N: u64 = 3000;
+
+fn ids() -> Vec<u64> {
+    (0..N).collect()
+}
+
+fn opts() -> SampleOptions {
+    SampleOptions { clip_denoised: false, record_every: None }
+}
+
+#[test]
+fn ancestral_and_ddim_sample_the_gaussian() {
+    let dev = device();
+    let base = process(1000, ModelVariance::FixedSmall);
+    let model = perfect(&base);
+    let noise = NoiseSource::new(1);
+    // Every linear sampler matches its exact output distribution (closed-form propagation)...
+    let fast = base.respace_spec("100").unwrap();
+    let out = sample(&fast, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev);
+    assert_exact_moments("DDPM fixed-small, 100 respaced steps", &fast, Method::Ddpm, out.sample);
+    let large = fast
+        .clone()
+        .with_config(DiffusionConfig { variance: ModelVariance::FixedLarge, ..Default::default() });
+    let out = sample(&large, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev);
+    assert_exact_moments("DDPM fixed-large", &large, Method::Ddpm, out.sample);
+    let ddim = base.respace_spec("ddim50").unwrap();
+    for eta in [0.0, 0.5, 1.0] {
+        let out = sample(&ddim, &model, &ids(), [1, 2], &noise, Method::Ddim { eta }, &opts(), None, &dev);
+        assert_exact_moments(&format!("DDIM eta = {eta}"), &ddim, Method::Ddim { eta }, out.sample);
+    }
+    // ...and with the full chain the data distribution itself (fixed-small under-disperses by the
+    // neglected Var[x_0 | x_t] term only at coarse spacings).
+    let out = sample(&base, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev);
+    assert_data_moments("DDPM, 1000 steps", out.sample, 0.06);
+    let (_, es) = exact_moments(&base, Method::Ddpm);
+    assert!((es[0] / S[0] - 1.0).abs() < 0.02, "the exact 1000-step chain is within 2% of the data: {es:?}");
+}
+
+#[test]
+fn langevin_and_predictor_corrector_sample_the_gaussian() {
+    let dev = device();
+    let base = process(1000, ModelVariance::FixedSmall);
+    let model = perfect(&base);
+    let noise = NoiseSource::new(2);
+    let coarse = base.respace_spec("20").unwrap();
+    // Image-like dimension: the SNR step-size rule uses per-sample norms, which are stable only
+    // when a sample has many dimensions (as images do).
+    let dim = 64;
+    let few: Vec<u64> = (0..200).collect();
+    let method = Method::PredictorCorrector { predictor: Predictor::Ddpm, corrector_steps: 2, snr: 0.16 };
+    let out = sample(&coarse, &model, &few, [1, dim], &noise, method, &opts(), None, &dev);
+    assert_data_moments("PC (DDPM + Langevin)", out.sample, 0.1);
+    // NCSN's ε as a tenth of the smallest variance-exploding σ² (step/σ² = 0.1 at every level).
+    let ab0 = coarse.tables().alphas_cumprod[0];
+    let method = Method::Langevin { steps_per_level: 30, step_scale: 0.1 * (1.0 - ab0) / ab0 };
+    let out = sample(&coarse, &model, &few, [1, dim], &noise, method, &opts(), None, &dev);
+    // Annealed Langevin is linear for Gaussian data too: its exact output (here 23% too wide,
+    // the method's known bias at 20 levels x 30 steps)...
+    assert_exact_moments("annealed Langevin, 20 levels", &coarse, method, out.sample);
+    // ...approaches the data with more levels.
+    let fine = base.respace_spec("100").unwrap();
+    let ab0 = fine.tables().alphas_cumprod[0];
+    let method = Method::Langevin { steps_per_level: 20, step_scale: 0.2 * (1.0 - ab0) / ab0 };
+    let (_, es) = exact_moments(&fine, method);
+    assert!((es[0] / S[0] - 1.0).abs() < 0.07, "100 levels: exact std {es:?}");
+    let out = sample(&fine, &model, &few, [1, dim], &noise, method, &opts(), None, &dev);
+    assert_data_moments("annealed Langevin, 100 levels", out.sample, 0.1);
+}
+
+#[test]
+fn ddim_is_deterministic_and_its_inversion_round_trips() {
+    let dev = device();
+    let base = process(1000, ModelVariance::FixedSmall);
+    let model = perfect(&base);
+    let ddim = base.respace_spec("ddim250").unwrap();
+    let ids: Vec<u64> = (0..64).collect();
+    let a = sample(
+        &ddim,
+        &model,
+        &ids,
+        [1, 2],
+        &NoiseSource::new(5),
+        Method::Ddim { eta: 0.0 },
+        &opts(),
+        None,
+        &dev,
+    );
+    let b = sample(
+        &ddim,
+        &model,
+        &ids,
+        [1, 2],
+        &NoiseSource::new(5),
+        Method::Ddim { eta: 0.0 },
+        &opts(),
+        None,
+        &dev,
+    );
+    assert_eq!(values(a.sample.clone()), values(b.sample));
+    // x_0 -> x_T -> x_0.
+    let x0 = a.sample;
+    let x_t = ddim_reverse_loop(&ddim, &model, x0.clone());
+    let back = sample_from(
+        &ddim,
+        &model,
+        &ids,
+        [1, 2],
+        &NoiseSource::new(99),
+        Method::Ddim { eta: 0.0 },
+        &opts(),
+        None,
+        Some(x_t.clone()),
+        &dev,
+    );
+    let err = values(back.sample).iter().zip(values(x0)).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    assert!(err < 2e-2, "round trip error {err}");
+    // The inverted latents look like standard normal noise.
+    let (m, s) = moments(&values(x_t));
+    assert!(m[0].abs() < 0.3 && (s[0] - 1.0).abs() < 0.3, "latents: mean {m:?}, std {s:?}");
+}
+
+#[test]
+fn noise_depends_on_seed_id_and_step_only() {
+    let dev = device();
+    let base = process(100, ModelVariance::FixedSmall);
+    let model = perfect(&base);
+    let noise = NoiseSource::new(11);
+    let all: Vec<u64> = (0..8).collect();
+    let whole = values(sample(&base, &model, &all, [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).sample);
+    let first =
+        values(sample(&base, &model, &all[..3], [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).sample);
+    let rest =
+        values(sample(&base, &model, &all[3..], [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).sample);
+    assert_eq!(whole, [first, rest].concat(), "batching must not change any sample");
+    let other = values(
+        sample(&base, &model, &all, [1, 2], &NoiseSource::new(12), Method::Ddpm, &opts(), None, &dev).sample,
+    );
+    assert_ne!(whole, other);
+}
+
+#[test]
+fn guidance_moves_samples_toward_the_class() {
+    // A "classifier" whose log p(y | x) = -|x - target|^2 / 2: gradient target - x, times the scale.
+    let dev = device();
+    let base = process(1000, ModelVariance::FixedSmall);
+    let model = perfect(&base);
+    let fast = base.respace_spec("50").unwrap();
+    let target = [-0.5f32, 0.6];
+    let grad = |x: Tensor<2>, _t: Tensor<1>| {
+        let n = x.dims()[0];
+        let tgt = Tensor::<1>::from_floats(target, &x.device()).reshape([1, 2]).repeat_dim(0, n);
+        (tgt - x).mul_scalar(2.0)
+    };
+    let noise = NoiseSource::new(3);
+    let ids: Vec<u64> = (0..1000).collect();
+    let dist = |x: Tensor<2>| {
+        let (m, _) = moments(&values(x));
+        ((m[0] - f64::from(target[0])).powi(2) + (m[1] - f64::from(target[1])).powi(2)).sqrt()
+    };
+    for method in [Method::Ddpm, Method::Ddim { eta: 0.0 }] {
+        let plain = dist(sample(&fast, &model, &ids, [1, 2], &noise, method, &opts(), None, &dev).sample);
+        let guided =
+            dist(sample(&fast, &model, &ids, [1, 2], &noise, method, &opts(), Some(&grad), &dev).sample);
+        assert!(guided < plain - 0.2, "{method:?}: distance to the class {guided} (guided) vs {plain}");
+    }
+}
+
+#[test]
+fn slerp_interpolates_on_the_sphere() {
+    let dev = device();
+    let a = Tensor::<2>::from_floats([[1.0, 0.0], [2.0, 0.0]], &dev);
+    let b = Tensor::<2>::from_floats([[0.0, 1.0], [0.0, 2.0]], &dev);
+    assert_eq!(values(slerp(a.clone(), b.clone(), 0.0)), values(a.clone()));
+    let mid = values(slerp(a, b, 0.5));
+    let h = std::f32::consts::FRAC_1_SQRT_2;
+    for (got, want) in mid.iter().zip([h, h, 2.0 * h, 2.0 * h]) {
+        assert!((got - want).abs() < 1e-6, "{mid:?}");
+    }
+}
