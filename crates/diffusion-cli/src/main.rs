@@ -4,6 +4,7 @@
 mod device;
 mod model_cmd;
 mod plot;
+mod sample_cmd;
 mod schedule_cmd;
 
 use std::io::Write;
@@ -30,6 +31,8 @@ enum Command {
     Schedule(schedule_cmd::ScheduleArgs),
     /// Print a network's architecture and parameter counts; import PyTorch checkpoints.
     Model(model_cmd::ModelArgs),
+    /// Draw samples from a checkpoint (DDPM, DDIM, Langevin, predictor-corrector; guidance).
+    Sample(sample_cmd::SampleArgs),
     /// Print which backends this binary was built with and check that the chosen device works.
     Devices,
 }
@@ -55,6 +58,7 @@ fn run() -> Result<()> {
     match &cli.command {
         Command::Schedule(args) => schedule_cmd::run(args, &mut out),
         Command::Model(args) => model_cmd::run(args, &cli.device.device()?, &mut out),
+        Command::Sample(args) => sample_cmd::run(args, &cli.device.device()?),
         Command::Devices => {
             let features: Vec<&str> = [
                 ("cpu", cfg!(feature = "cpu")),

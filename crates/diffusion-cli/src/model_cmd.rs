@@ -42,8 +42,8 @@ pub struct ModelArgs {
     /// Import a PyTorch state dict (improved-/guided-diffusion `.pt`) into the chosen network…
     #[arg(long, requires = "save")]
     pub import_pytorch: Option<PathBuf>,
-    /// …and save it as a diffusion-rs checkpoint here.
-    #[arg(long, requires = "import_pytorch")]
+    /// Save the network (imported, or freshly initialised) as a diffusion-rs checkpoint here.
+    #[arg(long)]
     pub save: Option<PathBuf>,
 }
 

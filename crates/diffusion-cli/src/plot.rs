@@ -92,3 +92,48 @@ pub fn line_panels(path: &Path, caption: &str, panels: &[Panel<'_>]) -> Result<(
     };
     draw().map_err(|e| anyhow!("{e}")).with_context(|| format!("drawing {}", path.display()))
 }
+
+/// A scatter plot of 2-D point sets (e.g. samples over the data), as a PNG.
+pub fn scatter(path: &Path, caption: &str, sets: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (640, 640)).into_drawing_area();
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        root.fill(&WHITE)?;
+        let pts = sets.iter().flat_map(|(_, p)| p.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in pts {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            (x0, x1, y0, y1) = (-1.0, 1.0, -1.0, 1.0);
+        }
+        let (px, py) = (((x1 - x0) * 0.05).max(1e-6), ((y1 - y0) * 0.05).max(1e-6));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, (FAMILY, 20))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))?;
+        chart.configure_mesh().label_style((FAMILY, 13)).draw()?;
+        for (i, (label, p)) in sets.iter().enumerate() {
+            let color = Palette99::pick(i).mix(0.6);
+            chart
+                .draw_series(
+                    p.iter()
+                        .filter(|(x, y)| x.is_finite() && y.is_finite())
+                        .map(|&(x, y)| Circle::new((x, y), 2, color.filled())),
+                )?
+                .label(*label)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("{e}")).with_context(|| format!("drawing {}", path.display()))
+}

@@ -698,3 +698,21 @@ impl GaussianDiffusion {
         }
     }
 }
+
+/// A process as data: the schedule and the parameterisation (what a checkpoint records so that
+/// sampling needs no flags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// The β schedule.
+    pub schedule: BetaSchedule,
+    /// Mean, variance, loss and timestep-input choices.
+    #[serde(default)]
+    pub config: DiffusionConfig,
+}
+
+impl ProcessSpec {
+    /// Builds the process.
+    pub fn build(&self) -> Result<GaussianDiffusion> {
+        GaussianDiffusion::from_schedule(&self.schedule, self.config)
+    }
+}

@@ -66,7 +66,7 @@ pub mod timestep_sampler;
 
 pub use diffusion::{
     BpdBreakdown, DiffusionConfig, GaussianDiffusion, LossKind, ModelMean, ModelVariance, PMeanVariance,
-    Posterior, QMeanVariance, TimestepScaling, TrainingLosses, VbTerms,
+    Posterior, ProcessSpec, QMeanVariance, TimestepScaling, TrainingLosses, VbTerms,
 };
 pub use error::{Error, Result};
 pub use likelihood::{

@@ -131,6 +131,7 @@ impl EncoderUNetConfig {
             middle_block: full.middle_block,
             out,
             model_channels: c.model_channels,
+            num_classes: k,
         }
     }
 }
@@ -230,9 +231,16 @@ pub struct EncoderUNet {
     pub out: ClassifierHead,
     /// Width of the sinusoidal embedding.
     pub model_channels: usize,
+    /// Number of classes (outputs).
+    pub num_classes: usize,
 }
 
 impl EncoderUNet {
+    /// Number of classes (outputs).
+    pub fn out_classes(&self) -> usize {
+        self.num_classes
+    }
+
     /// Class logits of noised inputs.
     ///
     /// # Shapes

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod noise;
+pub mod output;
 pub mod sampler;
 
 pub use noise::NoiseSource;

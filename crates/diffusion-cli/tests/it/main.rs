@@ -2,6 +2,7 @@
 
 mod architecture;
 mod model;
+mod sample;
 mod schedule;
 
 use std::process::{Command, Output};

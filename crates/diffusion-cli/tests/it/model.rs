@@ -81,7 +81,8 @@ fn pytorch_import_saves_a_self_describing_checkpoint() {
 #[test]
 fn model_needs_exactly_one_source() {
     assert!(fails(&["model"]).contains("required"));
-    assert!(fails(&["model", "--preset", "tiny", "--save", "x.ckpt"]).contains("--import-pytorch"));
+    assert!(fails(&["model", "--preset", "tiny", "--config", "x.json"]).contains("cannot be used with"));
+    assert!(fails(&["model", "--preset", "tiny", "--import-pytorch", "x.pt"]).contains("--save"));
 }
 
 #[test]
