@@ -2,6 +2,7 @@
 //! the only crate of the workspace that enables a burn backend).
 
 mod device;
+mod eval_cmd;
 mod model_cmd;
 mod plot;
 mod sample_cmd;
@@ -33,6 +34,9 @@ enum Command {
     Model(model_cmd::ModelArgs),
     /// Draw samples from a checkpoint (DDPM, DDIM, Langevin, predictor-corrector; guidance).
     Sample(sample_cmd::SampleArgs),
+    /// Evaluate a checkpoint (negative log-likelihood in bits/dim).
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCommand),
     /// Print which backends this binary was built with and check that the chosen device works.
     Devices,
 }
@@ -59,6 +63,7 @@ fn run() -> Result<()> {
         Command::Schedule(args) => schedule_cmd::run(args, &mut out),
         Command::Model(args) => model_cmd::run(args, &cli.device.device()?, &mut out),
         Command::Sample(args) => sample_cmd::run(args, &cli.device.device()?),
+        Command::Eval(cmd) => eval_cmd::run(cmd, &cli.device.device()?, &mut out),
         Command::Devices => {
             let features: Vec<&str> = [
                 ("cpu", cfg!(feature = "cpu")),

@@ -107,11 +107,24 @@ fn process(
     out_channels: usize,
     in_channels: usize,
 ) -> Result<GaussianDiffusion> {
+    process_for(extra, &args.schedule, args.steps, args.respace.as_deref(), out_channels, in_channels)
+}
+
+/// The process a checkpoint records (`extra.diffusion`), or one from a schedule name and steps
+/// with the variance inferred from the output channels; respaced when asked.
+pub fn process_for(
+    extra: &serde_json::Value,
+    schedule: &str,
+    steps: usize,
+    respace: Option<&str>,
+    out_channels: usize,
+    in_channels: usize,
+) -> Result<GaussianDiffusion> {
     let spec = match extra.get("diffusion") {
         Some(v) => serde_json::from_value::<ProcessSpec>(v.clone())
             .context("the checkpoint's process description")?,
         None => ProcessSpec {
-            schedule: BetaSchedule::named(&args.schedule, args.steps)?,
+            schedule: BetaSchedule::named(schedule, steps)?,
             config: DiffusionConfig {
                 variance: if out_channels == 2 * in_channels {
                     ModelVariance::LearnedRange
@@ -123,7 +136,7 @@ fn process(
         },
     };
     let d = spec.build()?;
-    Ok(match &args.respace {
+    Ok(match respace {
         Some(r) => d.respace_spec(r).context("--respace")?,
         None => d,
     })

@@ -25,6 +25,7 @@
 //! assert_eq!(out.sample.dims(), [8, 2]);
 //! ```
 
+pub mod likelihood;
 pub mod noise;
 pub mod output;
 pub mod sampler;

@@ -56,10 +56,23 @@ impl NoiseSource {
         item: [usize; D],
         device: &Device,
     ) -> Tensor<D> {
+        let steps = vec![step; ids.len()];
+        self.batch_steps(ids, &steps, item, device)
+    }
+
+    /// Like [`Self::batch`], with a step per sample.
+    pub fn batch_steps<const D: usize>(
+        &self,
+        ids: &[u64],
+        steps: &[u64],
+        item: [usize; D],
+        device: &Device,
+    ) -> Tensor<D> {
         assert!(D >= 1 && item[0] == 1, "item shape must be [1, …] (the batch dimension is filled in)");
+        assert_eq!(ids.len(), steps.len(), "one step per sample");
         let per: usize = item[1..].iter().product();
         let mut data = Vec::with_capacity(ids.len() * per);
-        for &id in ids {
+        for (&id, &step) in ids.iter().zip(steps) {
             data.extend(self.sample_values(id, step, per));
         }
         let mut shape = item;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `diffusion` binary, and the workspace's architecture invariants.
 
 mod architecture;
+mod eval;
 mod model;
 mod sample;
 mod schedule;

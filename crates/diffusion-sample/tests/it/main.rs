@@ -333,3 +333,104 @@ fn slerp_interpolates_on_the_sphere() {
         assert!((got - want).abs() < 1e-6, "{mid:?}");
     }
 }
+
+mod likelihood {
+    //! The full bound on a closed-form case, and the stratified estimator against it.
+
+    use burn::tensor::{Tensor, TensorData};
+    use diffusion_core::{BetaSchedule, DiffusionConfig, GaussianDiffusion, ModelMean, ModelVariance};
+    use diffusion_sample::NoiseSource;
+    use diffusion_sample::likelihood::{full_bound, stratified_bound};
+
+    use super::{device, values};
+
+    /// 8-bit images in [-1, 1] with both edge bins.
+    fn data() -> Tensor<4> {
+        let v: Vec<f32> = (0..2 * 3 * 4 * 4).map(|i| ((i * 37) % 256) as f32 / 127.5 - 1.0).collect();
+        Tensor::from_data(TensorData::new(v, [2, 3, 4, 4]), &device())
+    }
+
+    fn phi(x: f64) -> f64 {
+        0.5 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+    }
+
+    #[test]
+    fn an_oracle_x0_model_has_only_prior_and_decoder_terms() {
+        // With ModelMean::StartX and a network returning the true x_0, p_θ(x_{t-1}|x_t) is exactly
+        // q(x_{t-1}|x_t,x_0) (fixed-small variance), so every L_t (t >= 1) is 0; the bound is the
+        // prior KL plus the decoder's discretised likelihood at mean x_0 and σ² = β̃_1 (clipped).
+        let config = DiffusionConfig {
+            mean: ModelMean::StartX,
+            variance: ModelVariance::FixedSmall,
+            ..Default::default()
+        };
+        let d =
+            GaussianDiffusion::from_schedule(&BetaSchedule::Cosine { num_timesteps: 30 }, config).unwrap();
+        let x0 = data();
+        let oracle = |_x: Tensor<4>, _t: Tensor<1>| data();
+        let ids = [0u64, 1];
+        let r = full_bound(&d, &oracle, x0.clone(), &ids, &NoiseSource::new(0), false);
+        let vb = values(r.vb.clone());
+        for (k, v) in vb.iter().enumerate() {
+            if k % 30 != 0 {
+                assert!(v.abs() < 1e-4, "L_t at column {} = {v}", k % 30);
+            }
+        }
+        let tb = d.tables();
+        let sigma = tb.posterior_variance[1].sqrt();
+        let (ab_t, delta) = (tb.alphas_cumprod[29], 1.0 / 255.0);
+        let xs = values(x0);
+        let per = xs.len() / 2;
+        for n in 0..2 {
+            let (mut prior, mut dec) = (0.0, 0.0);
+            for &x in &xs[n * per..(n + 1) * per] {
+                let x = f64::from(x);
+                let (m, lv) = (ab_t.sqrt() * x, (1.0 - ab_t).ln());
+                prior += 0.5 * (-1.0 - lv + lv.exp() + m * m);
+                let p = if x < -0.999 {
+                    phi(delta / sigma)
+                } else if x > 0.999 {
+                    1.0 - phi(-delta / sigma)
+                } else {
+                    phi(delta / sigma) - phi(-delta / sigma)
+                };
+                dec -= p.max(1e-12).ln();
+            }
+            let (prior, dec) = (prior / per as f64 / 2f64.ln(), dec / per as f64 / 2f64.ln());
+            let total = f64::from(values(r.total_bpd.clone())[n]);
+            assert!(
+                (total - (prior + dec)).abs() < 1e-4 * (prior + dec),
+                "image {n}: {total} vs {}",
+                prior + dec
+            );
+            assert!((f64::from(values(r.decoder_bpd())[n]) - dec).abs() < 1e-4 * dec);
+        }
+    }
+
+    #[test]
+    fn stratified_estimator_agrees_with_the_full_bound() {
+        let d =
+            GaussianDiffusion::from_schedule(&BetaSchedule::Linear { num_timesteps: 50 }, Default::default())
+                .unwrap();
+        let model = |x: Tensor<4>, t: Tensor<1>| {
+            let b = x.dims()[0];
+            x.tanh().mul_scalar(0.5) + t.div_scalar(1000.0).reshape([b, 1, 1, 1])
+        };
+        let ids = [5u64, 9];
+        let noise = NoiseSource::new(4);
+        let full = values(full_bound(&d, &model, data(), &ids, &noise, true).total_bpd);
+        // One stratum per step: exactly the full bound (same noise keys).
+        let exact = stratified_bound(&d, &model, data(), &ids, &noise, 50, 1, true);
+        for (a, b) in exact.per_image.iter().zip(&full) {
+            assert!((a - f64::from(*b)).abs() < 1e-3 * a.abs(), "{a} vs {b}");
+        }
+        // Fewer strata: unbiased, so averaging over many seeds approaches the full bound.
+        let mean_full = full.iter().map(|&v| f64::from(v)).sum::<f64>() / 2.0;
+        let est: Vec<f64> =
+            (0..40).map(|s| stratified_bound(&d, &model, data(), &ids, &noise, 5, s, true).mean).collect();
+        let m = est.iter().sum::<f64>() / 40.0;
+        let se = (est.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 39.0 / 40.0).sqrt();
+        assert!((m - mean_full).abs() < 4.0 * se + 1e-3, "stratified mean {m} ± {se} vs full {mean_full}");
+        assert!(exact.ci95 >= 0.0 && exact.mean > 0.0);
+    }
+}
