@@ -3,6 +3,7 @@
 
 mod device;
 mod eval_cmd;
+mod latent_cmd;
 mod model_cmd;
 mod plot;
 mod sample_cmd;
@@ -34,6 +35,10 @@ enum Command {
     Model(model_cmd::ModelArgs),
     /// Draw samples from a checkpoint (DDPM, DDIM, Langevin, predictor-corrector; guidance).
     Sample(sample_cmd::SampleArgs),
+    /// Interpolate between two noises or two images in DDIM's latent space (a PNG strip).
+    Interpolate(latent_cmd::InterpolateArgs),
+    /// Invert images to DDIM latents and reconstruct them.
+    Invert(latent_cmd::InvertArgs),
     /// Evaluate a checkpoint (negative log-likelihood in bits/dim).
     #[command(subcommand)]
     Eval(eval_cmd::EvalCommand),
@@ -64,6 +69,8 @@ fn run() -> Result<()> {
         Command::Model(args) => model_cmd::run(args, &cli.device.device()?, &mut out),
         Command::Sample(args) => sample_cmd::run(args, &cli.device.device()?),
         Command::Eval(cmd) => eval_cmd::run(cmd, &cli.device.device()?, &mut out),
+        Command::Interpolate(args) => latent_cmd::interpolate(args, &cli.device.device()?),
+        Command::Invert(args) => latent_cmd::invert(args, &cli.device.device()?, &mut out),
         Command::Devices => {
             let features: Vec<&str> = [
                 ("cpu", cfg!(feature = "cpu")),

@@ -312,7 +312,13 @@ pub fn sample_from<const D: usize>(
     out
 }
 
-/// DDIM inversion (η = 0 run backwards, x_0 → x_T): x_{t+1} = √ᾱ_{t+1} x̂_0 + √(1 − ᾱ_{t+1}) ε̂.
+/// DDIM inversion (η = 0 run backwards, x_0 → x_{T−1}): for i = 0, 1, …, T−1,
+/// ε̂ = ε_θ(x, i), x̂_0 = (x − √(1 − ᾱ_{i−1}) ε̂)/√ᾱ_{i−1}, x ← √ᾱ_i x̂_0 + √(1 − ᾱ_i) ε̂
+/// (ᾱ_{−1} = 1), the exact inverse of the η = 0 sampler up to evaluating ε̂ one level early.
+///
+/// improved-diffusion's `ddim_reverse_sample` instead maps to ᾱ_{i+1} and ends at ᾱ = 0 (pure
+/// ε̂), one level past where sampling starts; ending at level T − 1 is what makes
+/// `sample_from(…, ddim_reverse_loop(x_0))` reproduce x_0.
 ///
 /// # Shapes
 /// `x0: [B, …]` → `[B, …]`.
@@ -328,10 +334,12 @@ pub fn ddim_reverse_loop<const D: usize>(
     for i in 0..diffusion.num_timesteps() {
         let t = Tensor::<1, Int>::full([b], i as i64, &device);
         let out = model.denoise(x.clone(), diffusion.model_timesteps(t.clone()));
+        // ε̂ from the network output, whatever it parameterises (x̂_0 from the current x at level i).
         let pmv = diffusion.p_mean_variance(out, x.clone(), t.clone(), false);
-        let eps = diffusion.predict_eps_from_x0(x, t, pmv.pred_x0.clone());
-        let ab_next = tb.alphas_cumprod_next[i];
-        x = pmv.pred_x0.mul_scalar(ab_next.sqrt()) + eps.mul_scalar((1.0 - ab_next).sqrt());
+        let eps = diffusion.predict_eps_from_x0(x.clone(), t, pmv.pred_x0);
+        let (ab, ab_prev) = (tb.alphas_cumprod[i], tb.alphas_cumprod_prev[i]);
+        let x0_hat = (x - eps.clone().mul_scalar((1.0 - ab_prev).sqrt())).div_scalar(ab_prev.sqrt());
+        x = x0_hat.mul_scalar(ab.sqrt()) + eps.mul_scalar((1.0 - ab).sqrt());
     }
     x
 }

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod eval;
+mod latent;
 mod model;
 mod sample;
 mod schedule;
