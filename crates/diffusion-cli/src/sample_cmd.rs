@@ -174,9 +174,8 @@ impl Guidance<4> for ClassifierGuidance {
     fn gradient(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
         let x = x.detach().autodiff().require_grad();
         let logits = self.classifier.forward(x.clone(), t.autodiff());
-        let [b, k] = logits.dims();
+        let b = logits.dims()[0];
         let picked = log_softmax(logits, 1).gather(1, self.labels.clone().autodiff().reshape([b, 1]));
-        let _ = k;
         let grads = picked.sum().backward();
         x.grad(&grads).expect("x requires grad").mul_scalar(self.scale)
     }
@@ -188,10 +187,7 @@ fn labels(args: &SampleArgs, ids: &[u64], classes: usize, device: &Device) -> Te
         .map(|&i| match args.class {
             Some(c) => c as i64,
             // Uniform, and a function of (seed, id) like the noise.
-            None => {
-                (NoiseSource::new(args.seed ^ 0xC1A55).sample_values(i, 0, 1)[0].to_bits() as usize % classes)
-                    as i64
-            }
+            None => NoiseSource::new(args.seed ^ 0xC1A55).index(i, 0, classes) as i64,
         })
         .collect();
     Tensor::from_data(TensorData::new(v, [ids.len()]), device)

@@ -28,12 +28,21 @@ impl NoiseSource {
         Self { seed }
     }
 
-    /// `n` standard normals for sample `id` at `step` (Box–Muller on a ChaCha8 stream).
-    pub fn sample_values(&self, id: u64, step: u64, n: usize) -> Vec<f32> {
+    fn rng(&self, id: u64, step: u64) -> ChaCha8Rng {
         let key = mix(mix(self.seed ^ 0x5851_f42d_4c95_7f2d)
             ^ mix(id.wrapping_add(0x9e37_79b9_7f4a_7c15))
             ^ step.rotate_left(17));
-        let mut rng = ChaCha8Rng::seed_from_u64(key);
+        ChaCha8Rng::seed_from_u64(key)
+    }
+
+    /// A uniform index in `0..n` for sample `id` at `step` (e.g. a class label drawn per sample).
+    pub fn index(&self, id: u64, step: u64, n: usize) -> usize {
+        self.rng(id, step).random_range(0..n.max(1))
+    }
+
+    /// `n` standard normals for sample `id` at `step` (Box–Muller on a ChaCha8 stream).
+    pub fn sample_values(&self, id: u64, step: u64, n: usize) -> Vec<f32> {
+        let mut rng = self.rng(id, step);
         let mut out = Vec::with_capacity(n + 1);
         while out.len() < n {
             let u: f64 = rng.random();
