@@ -82,6 +82,10 @@ pub struct SampleArgs {
     /// …and its number of steps.
     #[arg(long, default_value_t = 1000)]
     pub steps: usize,
+    /// For 2-D models: a point set (`swissroll`, `moons`, …) to draw under the samples and to
+    /// compare them with (sliced Wasserstein-2 distance and RBF MMD²).
+    #[arg(long)]
+    pub data: Option<String>,
     /// Output: `.png` (grid, or scatter for 2-D models) or `.npz`.
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
@@ -289,7 +293,24 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
             } else {
                 let points: Vec<(f64, f64)> =
                     pts.chunks(dim).map(|p| (f64::from(p[0]), f64::from(p[1.min(dim - 1)]))).collect();
-                plot::scatter(&args.out, "samples", &[("samples", points)])?;
+                let mut sets = Vec::new();
+                if let Some(spec) = &args.data {
+                    let data = diffusion_train::data::load(&spec.parse()?, 0, args.seed.wrapping_add(1))?;
+                    let Some(real) = data.as_points() else { bail!("--data {spec}: a point set is needed") };
+                    let real: Vec<[f32; 2]> = real.iter().take(points.len().max(2)).copied().collect();
+                    let fake: Vec<[f32; 2]> = points.iter().map(|&(x, y)| [x as f32, y as f32]).collect();
+                    let sw = diffusion_sample::metrics::sliced_wasserstein(&fake, &real, 200, args.seed);
+                    // MMD is quadratic in the set size: use at most 2000 points of each.
+                    let cap = fake.len().min(real.len()).min(2000);
+                    let mmd = diffusion_sample::metrics::mmd_rbf(&fake[..cap], &real[..cap], 0.2);
+                    println!(
+                        "{} samples vs {spec}: sliced W2 {sw:.4}, MMD² (RBF, h = 0.2) {mmd:.5}",
+                        fake.len()
+                    );
+                    sets.push(("data", real.iter().map(|p| (f64::from(p[0]), f64::from(p[1]))).collect()));
+                }
+                sets.push(("samples", points));
+                plot::scatter(&args.out, "samples", &sets)?;
             }
         }
         AnyModel::Classifier(_) => {

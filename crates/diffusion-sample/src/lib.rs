@@ -26,6 +26,7 @@
 //! ```
 
 pub mod likelihood;
+pub mod metrics;
 pub mod noise;
 pub mod output;
 pub mod sampler;

@@ -154,3 +154,43 @@ fn bad_sample_flags_are_errors() {
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn point_models_are_compared_with_their_data() {
+    let d = dir("points");
+    let ckpt = d.join("mlp.ckpt");
+    ok(&["model", "--preset", "mlp", "--save", ckpt.to_str().unwrap()]);
+    let png = d.join("roll.png");
+    let out = ok(&[
+        "sample",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--respace",
+        "5",
+        "--num",
+        "300",
+        "--batch-size",
+        "300",
+        "--data",
+        "swissroll",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    // An untrained model's samples are far from the roll: both distances are clearly positive.
+    let line = out.lines().find(|l| l.contains("sliced W2")).expect("a metrics line");
+    let num = |key: &str| -> f64 {
+        line.split(key)
+            .nth(1)
+            .unwrap()
+            .trim_start_matches([' ', ','])
+            .split([' ', ','])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(num("sliced W2") > 0.05, "{line}");
+    assert!(num("h = 0.2)") > 0.0, "{line}");
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    std::fs::remove_dir_all(&d).ok();
+}
