@@ -3,7 +3,8 @@
 //! Training diffusion models with burn. So far: the datasets ([`data`]) — built-in 2-D point sets
 //! and procedural labelled images generated from a seed, and loaders for MNIST IDX, CIFAR-10
 //! binary batches and image folders, each failing with an error that names the file and the
-//! problem. The Learner glue, objectives, EMA and resume are the rest of issue 4.
+//! problem — and the EMA of weights ([`ema`]). The Learner glue, objectives and resume are the rest
+//! of issue 4.
 //!
 //! ```
 //! use diffusion_train::data::{DataSpec, load};
@@ -16,3 +17,4 @@
 //! ```
 
 pub mod data;
+pub mod ema;
