@@ -13,7 +13,7 @@ use diffusion_sample::likelihood::{BoundEstimate, full_bound, stratified_bound};
 use diffusion_train::data::{DataSpec, ImageSet, cifar, folder, mnist, shapes};
 
 use crate::plot::{Panel, Series, line_panels};
-use crate::sample_cmd::process_for;
+use crate::sample_cmd::{FallbackProcess, process_for};
 
 /// `diffusion eval …`.
 #[derive(Debug, Subcommand)]
@@ -49,12 +49,8 @@ pub struct NllArgs {
     /// Plot of L_t against t (full bound only).
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// Process when the checkpoint does not record one: schedule name…
-    #[arg(long, default_value = "linear")]
-    pub schedule: String,
-    /// …and its number of steps.
-    #[arg(long, default_value_t = 1000)]
-    pub steps: usize,
+    #[command(flatten)]
+    pub process: FallbackProcess,
 }
 
 /// Per-timestep sums over the evaluated images.
@@ -83,8 +79,7 @@ pub fn run(cmd: &EvalCommand, device: &Device, out: &mut dyn Write) -> Result<()
     let AnyModel::Unet(unet) = model else {
         bail!("{}: eval nll needs a UNet checkpoint", args.checkpoint.display())
     };
-    let d =
-        process_for(&header.extra, &args.schedule, args.steps, None, unet.out_channels, unet.in_channels)?;
+    let d = process_for(&header.extra, &args.process, None, unet.out_channels, unet.in_channels)?;
     let spec: DataSpec = args.data.parse()?;
     let data = held_out(&spec, unet.image_size, args.seed)?;
     if (data.channels, data.size) != (unet.in_channels, unet.image_size) {

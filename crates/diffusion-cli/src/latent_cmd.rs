@@ -14,7 +14,7 @@ use diffusion_sample::sampler::sample_from;
 use diffusion_sample::{Method, NoiseSource, SampleOptions, ddim_reverse_loop, slerp};
 use diffusion_train::data::{DataSpec, ImageSet, load};
 
-use crate::sample_cmd::process_for;
+use crate::sample_cmd::{FallbackProcess, process_for};
 
 /// Arguments shared by the latent-space commands.
 #[derive(Debug, Args)]
@@ -28,12 +28,8 @@ pub struct LatentCommon {
     /// Class label for class-conditional models.
     #[arg(long, default_value_t = 0)]
     pub class: usize,
-    /// Process when the checkpoint does not record one: schedule name…
-    #[arg(long, default_value = "linear")]
-    pub schedule: String,
-    /// …and its number of steps.
-    #[arg(long, default_value_t = 1000)]
-    pub steps: usize,
+    #[command(flatten)]
+    pub process: FallbackProcess,
     /// Output PNG.
     #[arg(long)]
     pub out: PathBuf,
@@ -84,14 +80,8 @@ impl Ctx {
         let AnyModel::Unet(unet) = model else {
             bail!("{}: a UNet checkpoint is needed", c.checkpoint.display())
         };
-        let d = process_for(
-            &header.extra,
-            &c.schedule,
-            c.steps,
-            Some(&c.respace),
-            unet.out_channels,
-            unet.in_channels,
-        )?;
+        let d =
+            process_for(&header.extra, &c.process, Some(&c.respace), unet.out_channels, unet.in_channels)?;
         Ok(Self { unet, d, device: device.clone(), class: c.class })
     }
 

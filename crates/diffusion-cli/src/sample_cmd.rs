@@ -28,6 +28,18 @@ pub enum SamplerName {
     Pc,
 }
 
+/// The process to use when a checkpoint does not record one (shared by the commands that run a
+/// network through the diffusion process).
+#[derive(Debug, Clone, Args)]
+pub struct FallbackProcess {
+    /// Process when the checkpoint does not record one: schedule name…
+    #[arg(long, default_value = "linear")]
+    pub schedule: String,
+    /// …and its number of steps.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: usize,
+}
+
 /// Arguments of `diffusion sample`.
 #[derive(Debug, Args)]
 pub struct SampleArgs {
@@ -76,12 +88,8 @@ pub struct SampleArgs {
     /// Do not clip x̂_0 to [−1, 1].
     #[arg(long)]
     pub no_clip: bool,
-    /// Process when the checkpoint does not record one: schedule name…
-    #[arg(long, default_value = "linear")]
-    pub schedule: String,
-    /// …and its number of steps.
-    #[arg(long, default_value_t = 1000)]
-    pub steps: usize,
+    #[command(flatten)]
+    pub process: FallbackProcess,
     /// For 2-D models: a point set (`swissroll`, `moons`, …) to draw under the samples and to
     /// compare them with (sliced Wasserstein-2 distance and RBF MMD²).
     #[arg(long)]
@@ -111,15 +119,14 @@ fn process(
     out_channels: usize,
     in_channels: usize,
 ) -> Result<GaussianDiffusion> {
-    process_for(extra, &args.schedule, args.steps, args.respace.as_deref(), out_channels, in_channels)
+    process_for(extra, &args.process, args.respace.as_deref(), out_channels, in_channels)
 }
 
 /// The process a checkpoint records (`extra.diffusion`), or one from a schedule name and steps
 /// with the variance inferred from the output channels; respaced when asked.
 pub fn process_for(
     extra: &serde_json::Value,
-    schedule: &str,
-    steps: usize,
+    fallback: &FallbackProcess,
     respace: Option<&str>,
     out_channels: usize,
     in_channels: usize,
@@ -128,7 +135,7 @@ pub fn process_for(
         Some(v) => serde_json::from_value::<ProcessSpec>(v.clone())
             .context("the checkpoint's process description")?,
         None => ProcessSpec {
-            schedule: BetaSchedule::named(schedule, steps)?,
+            schedule: BetaSchedule::named(&fallback.schedule, fallback.steps)?,
             config: DiffusionConfig {
                 variance: if out_channels == 2 * in_channels {
                     ModelVariance::LearnedRange
