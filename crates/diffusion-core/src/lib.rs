@@ -59,6 +59,7 @@
 pub mod diffusion;
 pub mod error;
 pub mod likelihood;
+pub mod noise;
 pub mod respace;
 pub mod schedule;
 pub mod tables;
@@ -69,6 +70,7 @@ pub use diffusion::{
     Posterior, ProcessSpec, QMeanVariance, TimestepScaling, TrainingLosses, VbTerms,
 };
 pub use error::{Error, Result};
+pub use noise::NoiseSource;
 pub use likelihood::{
     approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl, normal_kl_standard,
 };

@@ -56,6 +56,19 @@ pub struct CheckpointHeader {
     /// Free-form extra state (training step, EMA rate, …) that other crates attach.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Named binary sections stored after the weights, in this order (e.g. a training run's
+    /// optimizer state). Readers that only want the network ignore them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sections: Vec<SectionInfo>,
+}
+
+/// Name and length of one binary section of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionInfo {
+    /// Section name, unique within a checkpoint.
+    pub name: String,
+    /// Length in bytes.
+    pub len: u64,
 }
 
 /// A network of any kind, as loaded from a checkpoint.
@@ -147,24 +160,65 @@ pub fn save_checkpoint<M: Module>(
     module: &M,
     extra: serde_json::Value,
 ) -> Result<()> {
-    let header = CheckpointHeader { format_version: FORMAT_VERSION, model: spec.clone(), extra };
+    save_checkpoint_with_sections(path, spec, module, extra, &[])
+}
+
+/// Writes a checkpoint of `module` followed by named binary `sections`, atomically.
+///
+/// Layout: magic, header length (u64 LE), JSON header, weights length, weights, then each
+/// section's bytes (lengths in the header), then an FNV-1a checksum of header, weights and
+/// sections.
+pub fn save_checkpoint_with_sections<M: Module>(
+    path: &Path,
+    spec: &ModelSpec,
+    module: &M,
+    extra: serde_json::Value,
+    sections: &[(&str, &[u8])],
+) -> Result<()> {
+    let mut names = std::collections::BTreeSet::new();
+    for (name, _) in sections {
+        if !names.insert(*name) {
+            return Err(invalid(path, format!("section `{name}` given twice")));
+        }
+    }
+    let header = CheckpointHeader {
+        format_version: FORMAT_VERSION,
+        model: spec.clone(),
+        extra,
+        sections: sections
+            .iter()
+            .map(|(name, bytes)| SectionInfo { name: (*name).to_string(), len: bytes.len() as u64 })
+            .collect(),
+    };
     let header = serde_json::to_vec(&header).expect("checkpoint headers serialise");
     let payload = module_to_bytes(module)?;
-    let mut out = Vec::with_capacity(32 + header.len() + payload.len());
+    let body: usize = sections.iter().map(|(_, b)| b.len()).sum();
+    let mut out = Vec::with_capacity(32 + header.len() + payload.len() + body);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&header);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&payload);
-    out.extend_from_slice(&fnv1a(&[&header, &payload]).to_le_bytes());
+    let mut parts: Vec<&[u8]> = vec![&header, &payload];
+    for (_, bytes) in sections {
+        out.extend_from_slice(bytes);
+        parts.push(bytes);
+    }
+    out.extend_from_slice(&fnv1a(&parts).to_le_bytes());
     write_atomic(path, &out)
 }
 
 /// Reads and verifies a checkpoint's header and payload.
 pub fn read_checkpoint(path: &Path) -> Result<(CheckpointHeader, Vec<u8>)> {
+    let (header, payload, _) = read_checkpoint_sections(path)?;
+    Ok((header, payload))
+}
+
+/// Reads and verifies a checkpoint: header, weights and its named sections.
+pub fn read_checkpoint_sections(path: &Path) -> Result<(CheckpointHeader, Vec<u8>, Vec<(String, Vec<u8>)>)> {
     let data = fs::read(path).map_err(io_err(path))?;
     let take = |at: usize, n: usize, what: &str| {
-        data.get(at..at + n)
+        data.get(at..at.saturating_add(n))
             .ok_or_else(|| invalid(path, format!("truncated: the file ends inside the {what}")))
     };
     let len_at = |at: usize, what: &str| -> Result<usize> {
@@ -179,24 +233,33 @@ pub fn read_checkpoint(path: &Path) -> Result<(CheckpointHeader, Vec<u8>)> {
     }
     let hlen = len_at(8, "header length")?;
     let header_bytes = take(16, hlen, "header")?;
-    let plen = len_at(16 + hlen, "payload length")?;
-    let payload = take(24 + hlen, plen, "weights")?;
-    let sum = len_at(24 + hlen + plen, "checksum")? as u64;
-    if data.len() != 32 + hlen + plen {
-        return Err(invalid(path, format!("{} unexpected trailing bytes", data.len() - (32 + hlen + plen))));
-    }
-    if fnv1a(&[header_bytes, payload]) != sum {
-        return Err(invalid(path, "checksum mismatch: the file is corrupt"));
-    }
     let header: CheckpointHeader =
         serde_json::from_slice(header_bytes).map_err(|e| invalid(path, format!("unreadable header: {e}")))?;
+    let plen = len_at(16 + hlen, "payload length")?;
+    let payload = take(24 + hlen, plen, "weights")?;
+    let mut at = 24 + hlen + plen;
+    let mut parts: Vec<&[u8]> = vec![header_bytes, payload];
+    let mut sections = Vec::with_capacity(header.sections.len());
+    for s in &header.sections {
+        let bytes = take(at, s.len as usize, &format!("section `{}`", s.name))?;
+        parts.push(bytes);
+        sections.push((s.name.clone(), bytes.to_vec()));
+        at += s.len as usize;
+    }
+    let sum = len_at(at, "checksum")? as u64;
+    if data.len() != at + 8 {
+        return Err(invalid(path, format!("{} unexpected trailing bytes", data.len() - (at + 8))));
+    }
+    if fnv1a(&parts) != sum {
+        return Err(invalid(path, "checksum mismatch: the file is corrupt"));
+    }
     if header.format_version != FORMAT_VERSION {
         return Err(invalid(
             path,
             format!("format version {} is not supported (expected {FORMAT_VERSION})", header.format_version),
         ));
     }
-    Ok((header, payload.to_vec()))
+    Ok((header, payload.to_vec(), sections))
 }
 
 /// Loads a checkpoint onto `device`, building the network its header describes.

@@ -1,10 +1,11 @@
 //! # diffusion-train
 //!
-//! Training diffusion models with burn. So far: the datasets ([`data`]) — built-in 2-D point sets
-//! and procedural labelled images generated from a seed, and loaders for MNIST IDX, CIFAR-10
-//! binary batches and image folders, each failing with an error that names the file and the
-//! problem — and the EMA of weights ([`ema`]). The Learner glue, objectives and resume are the rest
-//! of issue 4.
+//! Training diffusion models with burn's `Learner`: every objective of `diffusion-core`
+//! (L_simple for ε / x_0 / v, L_hybrid with learned-range Σ, L_VLB) with uniform or
+//! importance-sampled timesteps, AdamW with warm-up / anneal / global-norm clipping, gradient
+//! accumulation, EMA copies, checkpoints every N steps that a resumed run continues bit for bit,
+//! and the datasets ([`data`]): 2-D point sets and procedural shapes generated from a seed, MNIST
+//! IDX, CIFAR-10 binary batches and image folders.
 //!
 //! ```
 //! use diffusion_train::data::{DataSpec, load};
@@ -15,6 +16,21 @@
 //! assert_eq!((images.channels, images.size), (3, 32));
 //! assert!(images.num_classes >= 4);
 //! ```
+//!
+//! A run: [`TrainConfig::preset`] (or a JSON/TOML file), [`train`] with [`RunOptions`].
 
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod ema;
+pub mod error;
+pub mod loader;
+pub mod log;
+pub mod lr;
+pub mod run;
+pub mod trainer;
+
+pub use config::{OptimConfig, SampleConfig, TimestepSamplerKind, TrainConfig};
+pub use error::{Result, TrainError};
+pub use run::{ProgressStyle, Resume, RunOptions, RunSummary, TrainedNets, train};
+pub use trainer::{DiffusionTrainer, Net, SamplerState};

@@ -75,6 +75,31 @@ impl ImageSet {
         }
         out
     }
+
+    /// The set at `1/factor` of the size, each pixel the rounded mean of a `factor × factor`
+    /// block (a box filter).
+    pub fn downsample(&self, factor: usize) -> Self {
+        let (s, f) = (self.size, factor.max(1));
+        let t = s / f;
+        let mut pixels = Vec::with_capacity(self.len() * self.channels * t * t);
+        for i in 0..self.len() {
+            let img = self.image(i);
+            for c in 0..self.channels {
+                for y in 0..t {
+                    for x in 0..t {
+                        let mut sum = 0usize;
+                        for dy in 0..f {
+                            for dx in 0..f {
+                                sum += usize::from(img[(c * s + y * f + dy) * s + x * f + dx]);
+                            }
+                        }
+                        pixels.push(((sum + f * f / 2) / (f * f)) as u8);
+                    }
+                }
+            }
+        }
+        Self { pixels, size: t, ..self.clone() }
+    }
 }
 
 /// A dataset of any kind.
@@ -155,11 +180,23 @@ impl FromStr for DataSpec {
 pub const GENERATED_LEN: usize = 10_000;
 
 /// Loads (or generates, from `seed`) a dataset; image folders are resized and centre-cropped
-/// to `image_size`.
+/// to `image_size`, the shapes box-filtered to it.
 pub fn load(spec: &DataSpec, image_size: usize, seed: u64) -> Result<Data, DataError> {
     match spec {
         DataSpec::Points(toy) => Ok(Data::Points(toy.sample(GENERATED_LEN, seed))),
-        DataSpec::Shapes => Ok(Data::Images(shapes::generate(GENERATED_LEN, seed))),
+        DataSpec::Shapes => {
+            let set = shapes::generate(GENERATED_LEN, seed);
+            if image_size == shapes::SIZE {
+                Ok(Data::Images(set))
+            } else if image_size > 0 && shapes::SIZE.is_multiple_of(image_size) {
+                Ok(Data::Images(set.downsample(shapes::SIZE / image_size)))
+            } else {
+                Err(DataError::InvalidSpec {
+                    spec: "shapes".into(),
+                    reason: format!("shapes are drawn at 32×32 and box-filtered to 16, 8, …; {image_size} does not divide 32"),
+                })
+            }
+        }
         DataSpec::Mnist(dir) => mnist::load_dir(dir, true).map(Data::Images),
         DataSpec::Cifar10(dir) => cifar::load_dir(dir, true).map(Data::Images),
         DataSpec::Folder(dir) => folder::load(dir, Some(image_size)).map(Data::Images),

@@ -1,0 +1,391 @@
+//! Training checkpoints: one self-describing file per checkpoint, `checkpoints/step-NNNNNNNN.ckpt`.
+//!
+//! The file is a diffusion-models checkpoint (so `diffusion sample` reads it directly: its
+//! primary network is the first EMA copy) whose header also carries the run config, the step,
+//! the timestep-sampler state and the process, and whose sections carry the Learner's three
+//! records: the trainer module (online network + every EMA copy), the optimiser and the LR
+//! scheduler. burn's Learner hands those records to three checkpointers, each on its own thread;
+//! here they meet in [`CheckpointStore`], which writes the file atomically (temporary file, fsync,
+//! rename) once all three have arrived, then deletes checkpoints beyond `keep_last` — never
+//! before the new one is on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use burn::module::Module;
+use burn::optim::OptimizerRecord;
+use burn::lr_scheduler::LrSchedulerRecord;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device};
+use burn::train::checkpoint::{
+    Checkpoint, Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy,
+};
+use burn::train::metric::store::EventStoreClient;
+use diffusion_models::checkpoint::{
+    CheckpointHeader, read_checkpoint_sections, save_checkpoint_with_sections,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::loader::BatchPlan;
+use crate::trainer::{Net, SamplerState, Shared};
+
+/// Section names.
+const TRAINER: &str = "trainer";
+const OPTIMIZER: &str = "optimizer";
+const SCHEDULER: &str = "scheduler";
+
+/// The training state in a checkpoint header (`extra.training`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// Completed optimiser steps.
+    pub step: u64,
+    /// The Learner epoch that ended here.
+    pub epoch: usize,
+    /// The run's config.
+    pub config: TrainConfig,
+    /// The timestep sampler after `step` steps.
+    pub timestep_sampler: SamplerState,
+    /// Which weights are the primary network (`ema_<rate>` or `online`).
+    pub weights: String,
+}
+
+/// A checkpoint read back for resuming.
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    /// The file.
+    pub path: PathBuf,
+    /// Header.
+    pub header: CheckpointHeader,
+    /// Training state.
+    pub state: TrainingState,
+    trainer: Vec<u8>,
+    optimizer: Vec<u8>,
+    scheduler: Vec<u8>,
+}
+
+fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// File name of the checkpoint after `step` steps.
+pub fn checkpoint_name(step: u64) -> String {
+    format!("step-{step:08}.ckpt")
+}
+
+/// Checkpoints in `dir`, oldest first, by step.
+pub fn list_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.strip_suffix(".ckpt")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads and fully verifies a training checkpoint (checksum, header, the three records).
+pub fn load_training_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
+    let (header, _weights, sections) = read_checkpoint_sections(path)
+        .map_err(|e| ckpt_err(path, e.to_string()))?;
+    let training = header
+        .extra
+        .get("training")
+        .ok_or_else(|| ckpt_err(path, "holds a network but no training state (not written by `diffusion train`)"))?;
+    let state: TrainingState = serde_json::from_value(training.clone())
+        .map_err(|e| ckpt_err(path, format!("unreadable training state: {e}")))?;
+    let mut sections: BTreeMap<String, Vec<u8>> = sections.into_iter().collect();
+    let mut take = |name: &str| sections.remove(name).ok_or_else(|| ckpt_err(path, format!("section `{name}` is missing")));
+    let loaded = LoadedCheckpoint {
+        path: path.to_path_buf(),
+        trainer: take(TRAINER)?,
+        optimizer: take(OPTIMIZER)?,
+        scheduler: take(SCHEDULER)?,
+        header,
+        state,
+    };
+    ModuleRecord::from_bytes(Bytes::from_bytes_vec(loaded.trainer.clone()))
+        .map_err(|e| ckpt_err(path, format!("trainer record: {e}")))?;
+    OptimizerRecord::from_bytes(Bytes::from_bytes_vec(loaded.optimizer.clone()))
+        .map_err(|e| ckpt_err(path, format!("optimizer record: {e}")))?;
+    LrSchedulerRecord::from_bytes(Bytes::from_bytes_vec(loaded.scheduler.clone()))
+        .map_err(|e| ckpt_err(path, format!("scheduler record: {e}")))?;
+    Ok(loaded)
+}
+
+/// The newest checkpoint in `dir` that verifies, skipping (and reporting) broken ones.
+pub fn latest_valid_checkpoint(dir: &Path) -> (Option<LoadedCheckpoint>, Vec<TrainError>) {
+    let mut skipped = Vec::new();
+    for (_, path) in list_checkpoints(dir).into_iter().rev() {
+        match load_training_checkpoint(&path) {
+            Ok(c) => return (Some(c), skipped),
+            Err(e) => skipped.push(e),
+        }
+    }
+    (None, skipped)
+}
+
+/// A checkpoint that was just written.
+#[derive(Debug, Clone)]
+pub struct SavedCheckpoint {
+    /// The file.
+    pub path: PathBuf,
+    /// Completed steps.
+    pub step: u64,
+    /// Ordinal of this checkpoint in the run (1 for the first epoch).
+    pub epoch: usize,
+}
+
+/// Called after each checkpoint is written (on a checkpointer thread).
+pub type CheckpointHook = Arc<dyn Fn(&SavedCheckpoint) + Send + Sync>;
+
+#[derive(Default)]
+struct Pending {
+    trainer: Option<Bytes>,
+    optimizer: Option<Bytes>,
+    scheduler: Option<Bytes>,
+}
+
+/// Joins the Learner's three records of an epoch into one checkpoint file.
+pub(crate) struct CheckpointStore {
+    dir: PathBuf,
+    config: TrainConfig,
+    plan: BatchPlan,
+    device: Device,
+    shared: Arc<Shared>,
+    pending: Mutex<BTreeMap<usize, Pending>>,
+    resume: Mutex<Option<LoadedCheckpoint>>,
+    hook: Option<CheckpointHook>,
+    /// Step of the newest checkpoint on disk (0: none).
+    pub last_step: Mutex<u64>,
+}
+
+impl CheckpointStore {
+    pub fn new(
+        dir: PathBuf,
+        config: TrainConfig,
+        plan: BatchPlan,
+        device: Device,
+        shared: Arc<Shared>,
+        resume: Option<LoadedCheckpoint>,
+        hook: Option<CheckpointHook>,
+    ) -> Self {
+        let last = resume.as_ref().map(|r| r.state.step).unwrap_or(0);
+        Self {
+            dir,
+            config,
+            plan,
+            device,
+            shared,
+            pending: Mutex::new(BTreeMap::new()),
+            resume: Mutex::new(resume),
+            hook,
+            last_step: Mutex::new(last),
+        }
+    }
+
+    fn put(&self, epoch: usize, f: impl FnOnce(&mut Pending)) -> std::result::Result<(), CheckpointerError> {
+        let ready = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let p = pending.entry(epoch).or_default();
+            f(p);
+            if p.trainer.is_some() && p.optimizer.is_some() && p.scheduler.is_some() {
+                pending.remove(&epoch)
+            } else {
+                None
+            }
+        };
+        match ready {
+            Some(p) => self.write(epoch, p).map_err(|e| CheckpointerError::Unknown(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&self, epoch: usize, p: Pending) -> Result<()> {
+        let step = self.plan.epoch_end(epoch);
+        let path = self.dir.join(checkpoint_name(step));
+        let trainer = p.trainer.expect("complete");
+        let optimizer = p.optimizer.expect("complete");
+        let scheduler = p.scheduler.expect("complete");
+        let sampler = self
+            .shared
+            .snapshots
+            .lock()
+            .expect("snapshot lock")
+            .remove(&step)
+            .ok_or_else(|| ckpt_err(&path, format!("no timestep-sampler state was recorded at step {step}")))?;
+        let timestep_sampler: SamplerState =
+            serde_json::from_value(sampler).map_err(|e| ckpt_err(&path, e.to_string()))?;
+        // The primary network: rebuild the trainer from its record and take the first EMA copy.
+        let net = {
+            let inner = self.device.clone().inner();
+            let nets = TrainerNets::new(&self.config, &inner)?;
+            let record = ModuleRecord::from_bytes(trainer.clone()).map_err(|e| ckpt_err(&path, e.to_string()))?;
+            let nets = nets.load_record(record);
+            nets.primary()
+        };
+        let weights = match self.config.ema_rates.first() {
+            Some(r) => format!("ema_{r}"),
+            None => "online".into(),
+        };
+        let state = TrainingState { step, epoch, config: self.config.clone(), timestep_sampler, weights };
+        let extra = serde_json::json!({
+            "diffusion": self.config.process,
+            "training": state,
+        });
+        let (t, o, s) = (trainer.to_vec(), optimizer.to_vec(), scheduler.to_vec());
+        match &net {
+            Net::Unet(u) => save_checkpoint_with_sections(
+                &path,
+                &self.config.model,
+                u,
+                extra,
+                &[(TRAINER, &t), (OPTIMIZER, &o), (SCHEDULER, &s)],
+            ),
+            Net::Mlp(m) => save_checkpoint_with_sections(
+                &path,
+                &self.config.model,
+                m,
+                extra,
+                &[(TRAINER, &t), (OPTIMIZER, &o), (SCHEDULER, &s)],
+            ),
+        }
+        .map_err(|e| ckpt_err(&path, e.to_string()))?;
+        *self.last_step.lock().expect("last step") = step;
+        // Only now that the new checkpoint is on disk: drop the oldest beyond keep_last.
+        let all = list_checkpoints(&self.dir);
+        let excess = all.len().saturating_sub(self.config.keep_last);
+        for (_, old) in all.into_iter().take(excess) {
+            let _ = std::fs::remove_file(old);
+        }
+        if let Some(hook) = &self.hook {
+            hook(&SavedCheckpoint { path, step, epoch });
+        }
+        Ok(())
+    }
+
+    fn restore(&self, epoch: usize) -> std::result::Result<LoadedParts, CheckpointerError> {
+        let guard = self.resume.lock().expect("resume lock");
+        match &*guard {
+            Some(c) if c.state.epoch == epoch => Ok(LoadedParts {
+                trainer: c.trainer.clone(),
+                optimizer: c.optimizer.clone(),
+                scheduler: c.scheduler.clone(),
+            }),
+            _ => Err(CheckpointerError::Unknown(format!("no verified checkpoint for epoch {epoch}"))),
+        }
+    }
+}
+
+struct LoadedParts {
+    trainer: Vec<u8>,
+    optimizer: Vec<u8>,
+    scheduler: Vec<u8>,
+}
+
+/// The trainer's module structure without its shared state (to read records back).
+#[derive(Module, Debug)]
+pub(crate) struct TrainerNets {
+    net: Net,
+    ema: Vec<Net>,
+}
+
+impl TrainerNets {
+    pub fn new(cfg: &TrainConfig, device: &Device) -> Result<Self> {
+        Ok(Self {
+            net: Net::init(&cfg.model, device)?,
+            ema: cfg.ema_rates.iter().map(|_| Net::init(&cfg.model, device)).collect::<Result<_>>()?,
+        })
+    }
+
+    fn primary(self) -> Net {
+        self.ema.into_iter().next().unwrap_or(self.net)
+    }
+}
+
+/// Which of the three records a [`Part`] carries.
+#[derive(Clone, Copy)]
+enum Kind {
+    Trainer,
+    Optimizer,
+    Scheduler,
+}
+
+/// One of the three checkpointers the Learner drives.
+pub(crate) struct Part {
+    store: Arc<CheckpointStore>,
+    kind: Kind,
+}
+
+impl Part {
+    pub fn trainer(store: Arc<CheckpointStore>) -> Self {
+        Self { store, kind: Kind::Trainer }
+    }
+    pub fn optimizer(store: Arc<CheckpointStore>) -> Self {
+        Self { store, kind: Kind::Optimizer }
+    }
+    pub fn scheduler(store: Arc<CheckpointStore>) -> Self {
+        Self { store, kind: Kind::Scheduler }
+    }
+
+    fn save_bytes(&self, epoch: usize, bytes: Bytes) -> std::result::Result<(), CheckpointerError> {
+        let kind = self.kind;
+        self.store.put(epoch, move |p| match kind {
+            Kind::Trainer => p.trainer = Some(bytes),
+            Kind::Optimizer => p.optimizer = Some(bytes),
+            Kind::Scheduler => p.scheduler = Some(bytes),
+        })
+    }
+
+    fn restore_bytes(&self, epoch: usize) -> std::result::Result<Bytes, CheckpointerError> {
+        let parts = self.store.restore(epoch)?;
+        Ok(Bytes::from_bytes_vec(match self.kind {
+            Kind::Trainer => parts.trainer,
+            Kind::Optimizer => parts.optimizer,
+            Kind::Scheduler => parts.scheduler,
+        }))
+    }
+}
+
+impl<R: Checkpoint> Checkpointer<R> for Part {
+    fn save(&self, epoch: usize, record: R) -> std::result::Result<(), CheckpointerError> {
+        let bytes = record.checkpoint_into_bytes().map_err(CheckpointerError::Record)?;
+        self.save_bytes(epoch, bytes)
+    }
+
+    fn delete(&self, _epoch: usize) -> std::result::Result<(), CheckpointerError> {
+        // Retention is the store's job (after a new checkpoint is safely written).
+        Ok(())
+    }
+
+    fn restore(&self, epoch: usize) -> std::result::Result<R, CheckpointerError> {
+        R::checkpoint_from_bytes(self.restore_bytes(epoch)?).map_err(CheckpointerError::Record)
+    }
+}
+
+/// Save at the end of every epoch; never ask the checkpointers to delete (the store does).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EveryEpoch;
+
+impl CheckpointingStrategy for EveryEpoch {
+    fn checkpointing(&mut self, _epoch: usize, _store: &EventStoreClient) -> Vec<CheckpointingAction> {
+        vec![CheckpointingAction::Save]
+    }
+}
+
+impl TrainerNets {
+    /// Loads the trainer record of `ckpt` (online network and EMA copies).
+    pub fn load_from_checkpoint(self, ckpt: &LoadedCheckpoint) -> Result<crate::run::TrainedNets> {
+        let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(ckpt.trainer.clone()))
+            .map_err(|e| ckpt_err(&ckpt.path, format!("trainer record: {e}")))?;
+        let n = self.load_record(record);
+        Ok(crate::run::TrainedNets { net: n.net, ema: n.ema })
+    }
+}

@@ -1,0 +1,336 @@
+//! A training run, end to end: data, trainer, burn's `SupervisedTraining` + `Learner`,
+//! checkpoints, resume.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use burn::optim::AdamWConfig;
+use burn::tensor::Device;
+use burn::train::metric::LossMetric;
+use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
+use diffusion_models::checkpoint::ModelSpec;
+use diffusion_models::checkpoint::write_atomic;
+
+use crate::checkpoint::{
+    CheckpointHook, CheckpointStore, EveryEpoch, LoadedCheckpoint, Part, latest_valid_checkpoint,
+    load_training_checkpoint,
+};
+use crate::config::TrainConfig;
+use crate::data::{Data, DataSpec, load};
+use crate::error::{Result, TrainError};
+use crate::loader::{BatchPlan, Examples, TrainLoader, ValidLoader};
+use crate::log::{QuietRenderer, RunLog, RunLogMetric};
+use crate::lr::DiffusionLr;
+use crate::trainer::{DiffusionTrainer, Net, SamplerState, Shared};
+
+/// Where a run starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// A fresh run; refuses a run directory that already has checkpoints.
+    #[default]
+    No,
+    /// The newest checkpoint of the run directory that verifies, or a fresh start if none.
+    Auto,
+    /// This checkpoint file.
+    Path(PathBuf),
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressStyle {
+    /// burn's TUI when stdout is a terminal (and the binary enables it), plain lines otherwise.
+    #[default]
+    Auto,
+    /// A plain progress line on stderr every few seconds.
+    Plain,
+    /// Nothing (tests).
+    Quiet,
+}
+
+/// How to run (as opposed to what to train, which is the [`TrainConfig`]).
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// The run directory (config, metrics, checkpoints, images).
+    pub run_dir: PathBuf,
+    /// Where to start.
+    pub resume: Resume,
+    /// Devices (one: single device; several: data parallel). Empty is an error.
+    pub devices: Vec<Device>,
+    /// Progress display.
+    pub progress: ProgressStyle,
+    /// Called after every checkpoint (sample grids, plots).
+    pub on_checkpoint: Option<CheckpointHook>,
+    /// Stop (as if killed, without a checkpoint) once this many steps are done. For tests of
+    /// resume.
+    pub stop_after_steps: Option<u64>,
+    /// Pretend the loss is NaN at this step. For tests of the non-finite guard.
+    pub inject_nan_at_step: Option<u64>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Steps completed, in total (including those before a resume).
+    pub steps_done: u64,
+    /// The step the run resumed from, if it did.
+    pub resumed_from: Option<u64>,
+    /// The newest checkpoint on disk.
+    pub last_checkpoint: Option<PathBuf>,
+    /// Whether the run stopped before `config.steps` (a stop request).
+    pub interrupted: bool,
+    /// The trained networks (online and EMA copies), on the first device.
+    pub trainer: TrainedNets,
+}
+
+/// The networks of a finished run.
+#[derive(Debug, Clone)]
+pub struct TrainedNets {
+    /// The online network.
+    pub net: Net,
+    /// EMA copies by rate.
+    pub ema: Vec<Net>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+/// Checks that the data fits the network and the conditioning.
+fn check_data(cfg: &TrainConfig, data: &Data) -> Result<()> {
+    let bad = |m: String| Err(TrainError::Config(m));
+    match (&cfg.model, data) {
+        (ModelSpec::Unet(u), Data::Images(s)) => {
+            if s.channels != u.in_channels {
+                return bad(format!("the data has {} channels but model.in_channels is {}", s.channels, u.in_channels));
+            }
+            if s.size != u.image_size {
+                return bad(format!("the data's images are {0}×{0} but model.image_size is {1}", s.size, u.image_size));
+            }
+            if let Some(k) = u.num_classes
+                && s.num_classes > k
+            {
+                return bad(format!("the data has {} classes but model.num_classes is {k}", s.num_classes));
+            }
+            Ok(())
+        }
+        (ModelSpec::Mlp(m), Data::Points(_)) => {
+            if m.data_dim != 2 {
+                return bad(format!("2-D points need model.data_dim = 2 (got {})", m.data_dim));
+            }
+            Ok(())
+        }
+        (ModelSpec::Mlp(_), Data::Images(_)) => bad(format!("data {:?} is images but the model is an MLP (for 2-D points)", cfg.data)),
+        (_, Data::Points(_)) => bad(format!("data {:?} is 2-D points but the model is not an MLP", cfg.data)),
+        (ModelSpec::Classifier(_), _) => bad("a classifier is trained with train-classifier".into()),
+    }
+}
+
+/// Loads the run's data and splits off the held-out examples (the last `valid_size`).
+pub fn load_split(cfg: &TrainConfig) -> Result<(Examples, Examples)> {
+    let spec: DataSpec = cfg.data.parse()?;
+    let data = load(&spec, cfg.image_size, cfg.seed)?;
+    check_data(cfg, &data)?;
+    let n = match &data {
+        Data::Points(p) => p.len(),
+        Data::Images(s) => s.len(),
+    };
+    let valid = cfg.valid_size.min(n / 2);
+    if n - valid == 0 {
+        return Err(TrainError::Config(format!("data {:?} has no examples to train on", cfg.data)));
+    }
+    let data = Arc::new(data);
+    Ok((Examples::new(data.clone(), (0..n - valid).collect()), Examples::new(data, (n - valid..n).collect())))
+}
+
+/// Trains `cfg` as `opts` says. Returns when the run finishes, is stopped, or fails; a failure
+/// (bad data, non-finite loss, unwritable checkpoint) leaves every checkpoint already written
+/// intact.
+pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
+    cfg.validate()?;
+    let device = opts
+        .devices
+        .first()
+        .cloned()
+        .ok_or_else(|| TrainError::Config("no device given".into()))?;
+    let run_dir = opts.run_dir.clone();
+    let ckpt_dir = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(io(&ckpt_dir))?;
+
+    // Where to start.
+    let resume: Option<LoadedCheckpoint> = match &opts.resume {
+        Resume::No => {
+            let existing = crate::checkpoint::list_checkpoints(&ckpt_dir);
+            if let Some((_, p)) = existing.last() {
+                return Err(TrainError::Resume(format!(
+                    "{} already holds checkpoints (newest {}); pass --resume auto to continue it, or choose another --out",
+                    run_dir.display(),
+                    p.display()
+                )));
+            }
+            None
+        }
+        Resume::Auto => {
+            let (found, skipped) = latest_valid_checkpoint(&ckpt_dir);
+            for e in skipped {
+                eprintln!("warning: skipping a checkpoint that does not verify: {e}");
+            }
+            found
+        }
+        Resume::Path(p) => Some(load_training_checkpoint(p)?),
+    };
+    if let Some(r) = &resume {
+        let mut saved = r.state.config.clone();
+        saved.steps = cfg.steps;
+        saved.sample = cfg.sample.clone();
+        if saved != cfg {
+            return Err(TrainError::Resume(format!(
+                "the config differs from the one in {} (only `steps` and `sample` may change on resume)",
+                r.path.display()
+            )));
+        }
+        if r.state.step > cfg.steps {
+            return Err(TrainError::Resume(format!(
+                "{} is at step {} beyond steps = {}",
+                r.path.display(),
+                r.state.step,
+                cfg.steps
+            )));
+        }
+    }
+    let config_path = run_dir.join("config.json");
+    write_atomic(&config_path, cfg.to_json().as_bytes()).map_err(|e| TrainError::Checkpoint {
+        path: config_path.clone(),
+        reason: e.to_string(),
+    })?;
+
+    let plan = BatchPlan {
+        steps: cfg.steps,
+        steps_per_epoch: cfg.checkpoint_every,
+        batch_size: cfg.batch_size,
+        micro_size: cfg.micro_size(),
+        seed: cfg.seed,
+        random_flip: cfg.random_flip,
+        class_cond: cfg.class_cond,
+    };
+    // Epochs are renumbered so that a resumed run's epochs continue the original's (a later
+    // `steps` keeps the epoch of every step).
+    let start_epoch = resume.as_ref().map(|r| r.state.epoch).unwrap_or(0);
+    let start_step = resume.as_ref().map(|r| r.state.step).unwrap_or(0);
+    if start_step >= cfg.steps && resume.is_some() {
+        let trainer = rebuild(&cfg, resume.as_ref().expect("checked"), &device)?;
+        return Ok(RunSummary {
+            steps_done: start_step,
+            resumed_from: Some(start_step),
+            last_checkpoint: resume.map(|r| r.path),
+            interrupted: false,
+            trainer,
+        });
+    }
+
+    let (train_set, valid_set) = load_split(&cfg)?;
+    let diffusion = cfg.process.build().map_err(|e| TrainError::Config(format!("process: {e}")))?;
+    let num_timesteps = diffusion.num_timesteps();
+    let sampler = match &resume {
+        Some(r) => r.state.timestep_sampler.clone(),
+        None => SamplerState::new(cfg.timestep_sampler, num_timesteps)?,
+    };
+    let interrupter = Interrupter::new();
+    let shared = Arc::new(Shared {
+        diffusion,
+        sampler: Mutex::new(sampler),
+        snapshots: Mutex::new(Default::default()),
+        checkpoint_steps: Box::new(move |s| s % plan.steps_per_epoch == 0 || s == plan.steps),
+        failure: Mutex::new(None),
+        interrupter: interrupter.clone(),
+        grad_norm_slot: Mutex::new(None),
+        noise: diffusion_core::NoiseSource::new(cfg.seed),
+        seed: cfg.seed,
+        micro_per_step: cfg.micro_per_step(),
+        batch_size: cfg.batch_size,
+        ema_rates: cfg.ema_rates.clone(),
+        grad_clip: cfg.optim.grad_clip,
+        dropout: Net::has_dropout(&cfg.model),
+        stop_after_steps: opts.stop_after_steps,
+        inject_nan_at_step: opts.inject_nan_at_step,
+    });
+
+    let ad = if device.is_autodiff() { device.clone() } else { device.clone().autodiff() };
+    let trainer = DiffusionTrainer::new(&cfg, &ad, shared.clone())?;
+    let o = &cfg.optim;
+    let optim = AdamWConfig::new()
+        .with_beta_1(o.beta1 as f32)
+        .with_beta_2(o.beta2 as f32)
+        .with_epsilon(o.eps as f32)
+        .with_weight_decay(o.weight_decay as f32)
+        .init();
+    let learner = Learner::new(trainer, optim, DiffusionLr::new(o));
+
+    let plain = match opts.progress {
+        ProgressStyle::Auto => !std::io::stdout().is_terminal(),
+        ProgressStyle::Plain => true,
+        ProgressStyle::Quiet => false,
+    };
+    let log = Arc::new(RunLog::open(&run_dir, resume.as_ref().map(|r| r.state.step), cfg.steps, plain)?);
+    let train_loader = TrainLoader::new(train_set, plan, ad.clone(), start_epoch + 1);
+    let valid_loader = ValidLoader::new(&valid_set, num_timesteps, cfg.micro_size(), plan, device.clone(), start_epoch + 1);
+
+    let store = Arc::new(CheckpointStore::new(
+        ckpt_dir.clone(),
+        cfg.clone(),
+        plan,
+        device.clone(),
+        shared.clone(),
+        resume,
+        opts.on_checkpoint.clone(),
+    ));
+    let mut training = SupervisedTraining::new(run_dir.join("burn"), Arc::new(train_loader), Arc::new(valid_loader))
+        .metrics((LossMetric::new(),))
+        .metric_train(RunLogMetric::new(log.clone()))
+        .metric_valid(RunLogMetric::new(log.clone()))
+        .with_custom_checkpointers(Part::trainer(store.clone()), Part::optimizer(store.clone()), Part::scheduler(store.clone()))
+        .with_checkpointing_strategy(EveryEpoch)
+        .with_application_logger(None)
+        .with_interrupter(interrupter.clone())
+        .num_epochs(plan.epochs());
+    if start_epoch > 0 {
+        training = training.checkpoint(start_epoch);
+    }
+    if cfg.micro_per_step() > 1 {
+        training = training.grads_accumulation(cfg.micro_per_step());
+    }
+    if opts.progress != ProgressStyle::Auto || plain {
+        training = training.renderer(Box::new(QuietRenderer));
+    }
+    if opts.devices.len() > 1 {
+        training = training.with_training_strategy(
+            ExecutionStrategy::MultiDevice(opts.devices.clone(), MultiDeviceOptim::OptimMainDevice).into(),
+        );
+    }
+    let result = training.launch(learner);
+    log.flush();
+    let last_step = *store.last_step.lock().expect("last step");
+    let last_checkpoint = crate::checkpoint::list_checkpoints(&ckpt_dir).pop().map(|(_, p)| p);
+
+    if let Some(f) = shared.failure.lock().expect("failure lock").take() {
+        return Err(TrainError::NonFinite { step: f.step, micro: f.micro, detail: f.detail, last_checkpoint: last_step });
+    }
+    if let Some(e) = result.error {
+        return Err(TrainError::Learner(e.to_string()));
+    }
+    let model = result.model;
+    Ok(RunSummary {
+        steps_done: last_step.max(start_step),
+        resumed_from: (start_epoch > 0).then_some(start_step),
+        last_checkpoint,
+        interrupted: result.interrupted.is_some(),
+        trainer: TrainedNets { net: model.net.clone(), ema: model.ema.clone() },
+    })
+}
+
+/// The networks stored in a checkpoint, on `device`.
+fn rebuild(cfg: &TrainConfig, ckpt: &LoadedCheckpoint, device: &Device) -> Result<TrainedNets> {
+    let nets = crate::checkpoint::TrainerNets::new(cfg, device)?;
+    let nets = nets.load_from_checkpoint(ckpt)?;
+    Ok(nets)
+}

@@ -1,0 +1,412 @@
+//! The module the Learner trains: the network, its EMA copies, and (outside the record) the
+//! state a Learner does not hold — the timestep sampler, the last gradient norm, the run's
+//! stop switch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::train::metric::{Adaptor, LossInput};
+use burn::train::{InferenceStep, Interrupter, ItemLazy, TrainOutput, TrainStep};
+use diffusion_core::{GaussianDiffusion, LossSecondMomentSampler, NoiseSource, TimestepSampler, UniformSampler};
+use diffusion_models::checkpoint::ModelSpec;
+use diffusion_models::{Mlp, UNet};
+use rand::RngCore;
+
+use crate::config::{TimestepSamplerKind, TrainConfig};
+use crate::ema::ema_update;
+use crate::error::{Result, TrainError};
+use crate::loader::{Batch, tag};
+
+/// The denoising network of a run.
+#[derive(Module, Debug)]
+pub enum Net {
+    /// An image UNet.
+    Unet(UNet),
+    /// A 2-D MLP.
+    Mlp(Mlp),
+}
+
+impl Net {
+    /// Builds the network `spec` describes (a UNet or an MLP).
+    pub fn init(spec: &ModelSpec, device: &Device) -> Result<Self> {
+        match spec {
+            ModelSpec::Unet(c) => Ok(Self::Unet(c.try_init(device)?)),
+            ModelSpec::Mlp(c) => {
+                c.validate()?;
+                Ok(Self::Mlp(c.init(device)))
+            }
+            ModelSpec::Classifier(_) => Err(TrainError::Config("a classifier is not a denoiser".into())),
+        }
+    }
+
+    /// `(x_t [B, C, H, W], t [B], y) → output [B, C', H, W]`; points travel as `[B, 2, 1, 1]`.
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, y: Option<Tensor<1, Int>>) -> Tensor<4> {
+        match self {
+            Self::Unet(u) => u.forward(x, t, y),
+            Self::Mlp(m) => {
+                let [b, c, _, _] = x.dims();
+                let out = m.forward(x.reshape([b, c]), t);
+                let o = out.dims()[1];
+                out.reshape([b, o, 1, 1])
+            }
+        }
+    }
+
+    /// Whether any layer uses dropout (so its masks must be seeded for reproducibility).
+    pub fn has_dropout(spec: &ModelSpec) -> bool {
+        matches!(spec, ModelSpec::Unet(c) if c.dropout > 0.0)
+    }
+}
+
+/// The timestep sampler of a run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SamplerState {
+    /// Uniform.
+    Uniform(UniformSampler),
+    /// Loss-second-moment importance sampling.
+    LossSecondMoment(LossSecondMomentSampler),
+}
+
+impl SamplerState {
+    /// A fresh sampler of `kind` over `num_timesteps`.
+    pub fn new(kind: TimestepSamplerKind, num_timesteps: usize) -> Result<Self> {
+        let e = |e: diffusion_core::Error| TrainError::Config(format!("timestep sampler: {e}"));
+        Ok(match kind {
+            TimestepSamplerKind::Uniform => Self::Uniform(UniformSampler::new(num_timesteps).map_err(e)?),
+            TimestepSamplerKind::LossSecondMoment => {
+                Self::LossSecondMoment(LossSecondMomentSampler::new(num_timesteps).map_err(e)?)
+            }
+        })
+    }
+
+    fn as_sampler(&mut self) -> &mut dyn TimestepSampler {
+        match self {
+            Self::Uniform(s) => s,
+            Self::LossSecondMoment(s) => s,
+        }
+    }
+
+    /// Whether the sampler has left its uniform warm-up (always false for uniform).
+    pub fn warmed_up(&self) -> bool {
+        matches!(self, Self::LossSecondMoment(s) if s.warmed_up())
+    }
+}
+
+/// What stopped a run from inside the training step.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub step: u64,
+    pub micro: usize,
+    pub detail: String,
+}
+
+/// State shared by every clone of the trainer (the Learner clones modules freely), outside the
+/// module record.
+pub(crate) struct Shared {
+    pub diffusion: GaussianDiffusion,
+    pub sampler: Mutex<SamplerState>,
+    /// Sampler state right after the last microbatch of each checkpointed step, by step.
+    pub snapshots: Mutex<BTreeMap<u64, serde_json::Value>>,
+    pub checkpoint_steps: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    pub failure: Mutex<Option<Failure>>,
+    pub interrupter: Interrupter,
+    /// The gradient-norm slot of the newest training item (filled by `optimize`).
+    pub grad_norm_slot: Mutex<Option<Arc<Mutex<Option<f64>>>>>,
+    pub noise: NoiseSource,
+    pub seed: u64,
+    pub micro_per_step: usize,
+    pub batch_size: usize,
+    pub ema_rates: Vec<f64>,
+    pub grad_clip: Option<f64>,
+    pub dropout: bool,
+    pub stop_after_steps: Option<u64>,
+    pub inject_nan_at_step: Option<u64>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").field("seed", &self.seed).finish_non_exhaustive()
+    }
+}
+
+/// The trainer module: the online network and one EMA copy per rate.
+#[derive(Module, Debug)]
+pub struct DiffusionTrainer {
+    /// The network the optimiser updates.
+    pub net: Net,
+    /// EMA copies (same order as the config's `ema_rates`).
+    pub ema: Vec<Net>,
+    #[module(skip)]
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl DiffusionTrainer {
+    pub(crate) fn new(cfg: &TrainConfig, device: &Device, shared: Arc<Shared>) -> Result<Self> {
+        device.seed(cfg.seed);
+        let net = Net::init(&cfg.model, device)?;
+        // Fresh modules (fresh parameter ids, so the optimiser never touches them) holding the
+        // online weights.
+        let ema = cfg
+            .ema_rates
+            .iter()
+            .map(|_| Net::init(&cfg.model, device).map(|e| ema_update(e, &net, 0.0)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { net, ema, shared })
+    }
+
+    /// The network whose weights a checkpoint offers for sampling: the first EMA copy, or the
+    /// online network without EMA.
+    pub fn primary(&self) -> &Net {
+        self.ema.first().unwrap_or(&self.net)
+    }
+
+    fn losses(&self, batch: Batch, train: bool) -> StepOutput {
+        let shared = &self.shared;
+        let device = batch.x0.device();
+        let n = batch.x0.dims()[0];
+        let (timesteps, weights) = match &batch.timesteps {
+            Some(t) => (t.clone(), vec![1.0; t.len()]),
+            None => {
+                // One draw per example, keyed by its global position: the same example gets the
+                // same t whatever the microbatching.
+                let mut sampler = shared.sampler.lock().expect("sampler lock");
+                let s = sampler.as_sampler();
+                let (mut ts, mut ws) = (Vec::with_capacity(n), Vec::with_capacity(n));
+                for &g in &batch.ids {
+                    let tb = s.sample(1, &mut shared.noise.rng(tag::TIMESTEPS, g) as &mut dyn RngCore);
+                    ts.push(tb.timesteps[0]);
+                    ws.push(tb.weights[0]);
+                }
+                (ts, ws)
+            }
+        };
+        if train && shared.dropout {
+            device.seed(shared.noise.rng(tag::DROPOUT, batch.step * shared.micro_per_step as u64 + batch.micro as u64).next_u64());
+        }
+        let t = Tensor::<1, Int>::from_data(
+            TensorData::new(timesteps.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n]),
+            &device,
+        );
+        let w = Tensor::<1>::from_data(TensorData::new(weights.iter().map(|&w| w as f32).collect::<Vec<_>>(), [n]), &device);
+        let y = batch.y.clone();
+        let out = shared.diffusion.training_losses(batch.x0, t, batch.noise, |x, tt| self.net.forward(x, tt, y));
+        // The reference's objective: mean over the batch of w_t · L, each microbatch weighted by
+        // its share of the batch so that accumulated gradients are the full batch's.
+        let scale = if train { n as f64 / shared.batch_size as f64 } else { 1.0 };
+        let loss = (out.loss.clone() * w).mean().mul_scalar(scale);
+        let host = |x: &Tensor<1>| -> Vec<f32> { x.clone().detach().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default() };
+        let per_example = host(&out.loss);
+        let mse = out.mse.as_ref().map(host);
+        let vb = out.vb.as_ref().map(host);
+        StepOutput {
+            loss,
+            record: Arc::new(StepRecord {
+                train,
+                step: batch.step,
+                micro: batch.micro,
+                timesteps,
+                loss: per_example,
+                mse,
+                vb,
+                num_timesteps: shared.diffusion.num_timesteps(),
+                grad_norm: Arc::new(Mutex::new(None)),
+                at: Instant::now(),
+            }),
+        }
+    }
+
+    /// Checks the losses, feeds the sampler and stops the run on a non-finite value.
+    fn after_step(&self, record: &StepRecord) -> bool {
+        let shared = &self.shared;
+        let injected = shared.inject_nan_at_step == Some(record.step);
+        let bad = |v: &[f32]| v.iter().any(|x| !x.is_finite());
+        if injected || bad(&record.loss) {
+            let mut terms = Vec::new();
+            if let Some(m) = &record.mse
+                && bad(m)
+            {
+                terms.push("mse");
+            }
+            if let Some(v) = &record.vb
+                && bad(v)
+            {
+                terms.push("vb");
+            }
+            let ts: Vec<usize> = record
+                .loss
+                .iter()
+                .zip(&record.timesteps)
+                .filter(|(l, _)| injected || !l.is_finite())
+                .map(|(_, &t)| t)
+                .collect();
+            let detail = format!(
+                "{}loss term{} {} non-finite at timesteps {ts:?}",
+                if injected { "(injected) " } else { "" },
+                if terms.len() == 1 { "" } else { "s" },
+                if terms.is_empty() { "loss".to_string() } else { terms.join(" and ") },
+            );
+            *shared.failure.lock().expect("failure lock") =
+                Some(Failure { step: record.step, micro: record.micro, detail: detail.clone() });
+            shared.interrupter.stop(Some(&detail));
+            return false;
+        }
+        let mut sampler = shared.sampler.lock().expect("sampler lock");
+        let losses: Vec<f64> = record.loss.iter().map(|&x| f64::from(x)).collect();
+        // The uniform sampler ignores updates; the importance sampler records per-t losses.
+        let _ = sampler.as_sampler().update(&record.timesteps, &losses);
+        if record.micro + 1 == shared.micro_per_step && (shared.checkpoint_steps)(record.step + 1) {
+            let snap = serde_json::to_value(&*sampler).expect("sampler state serialises");
+            shared.snapshots.lock().expect("snapshot lock").insert(record.step + 1, snap);
+        }
+        if record.micro + 1 == shared.micro_per_step && shared.stop_after_steps == Some(record.step + 1) {
+            shared.interrupter.stop(Some("stop requested after this step"));
+        }
+        true
+    }
+}
+
+/// Everything one microbatch reports, on the host.
+#[derive(Debug)]
+pub struct StepRecord {
+    /// Training (true) or held-out (false).
+    pub train: bool,
+    /// Optimiser step (held-out: completed steps).
+    pub step: u64,
+    /// Microbatch within the step.
+    pub micro: usize,
+    /// Timestep of each example.
+    pub timesteps: Vec<usize>,
+    /// Per-example loss (before importance weights).
+    pub loss: Vec<f32>,
+    /// Per-example MSE term, if any.
+    pub mse: Option<Vec<f32>>,
+    /// Per-example VLB term, if any.
+    pub vb: Option<Vec<f32>>,
+    /// T.
+    pub num_timesteps: usize,
+    /// Global gradient norm of the optimiser step this microbatch completed (training only).
+    pub grad_norm: Arc<Mutex<Option<f64>>>,
+    /// When the step finished.
+    pub at: Instant,
+}
+
+/// The output of a step: the scalar loss for burn's `LossMetric` and the host record.
+pub struct StepOutput {
+    /// Mean weighted loss, `[1]`.
+    pub loss: Tensor<1>,
+    /// Host-side record.
+    pub record: Arc<StepRecord>,
+}
+
+impl ItemLazy for StepOutput {
+    fn sync(self) -> std::result::Result<Self, burn::tensor::ExecutionError> {
+        self.loss.device().flush()?;
+        Ok(Self { loss: self.loss.without_autodiff(), record: self.record })
+    }
+}
+
+impl Adaptor<LossInput> for StepOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+impl Adaptor<Arc<StepRecord>> for StepOutput {
+    fn adapt(&self) -> Arc<StepRecord> {
+        self.record.clone()
+    }
+}
+
+struct GradNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: f64,
+}
+
+impl ModuleVisitor for GradNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s: f64 = (g.clone() * g).sum().into_scalar::<f32>().into();
+            self.sum += s;
+        }
+    }
+}
+
+struct ScaleGrads<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Global L2 norm of the gradients of `module`'s parameters.
+pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    let mut v = GradNorm { grads, sum: 0.0 };
+    module.visit(&mut v);
+    v.sum.sqrt()
+}
+
+/// Scales every gradient of `module` so that the global norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`); returns the norm before clipping.
+pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+    let norm = global_grad_norm(module, grads);
+    if norm > max_norm {
+        let mut s = ScaleGrads { grads, factor: max_norm / (norm + 1e-6) };
+        module.visit(&mut s);
+    }
+    norm
+}
+
+impl TrainStep for DiffusionTrainer {
+    type Input = Batch;
+    type Output = StepOutput;
+
+    fn step(&self, batch: Batch) -> TrainOutput<StepOutput> {
+        let out = self.losses(batch, true);
+        let ok = self.after_step(&out.record);
+        *self.shared.grad_norm_slot.lock().expect("slot lock") = Some(out.record.grad_norm.clone());
+        let grads = if ok {
+            GradientsParams::from_grads(out.loss.backward(), self)
+        } else {
+            // Never let a non-finite gradient reach the weights (the run is stopping anyway).
+            GradientsParams::new()
+        };
+        TrainOutput { grads, item: out }
+    }
+
+    fn optimize(self, optim: &mut ModuleOptimizer, lr: ModuleLearningRate, mut grads: GradientsParams) -> Self {
+        let shared = self.shared.clone();
+        let norm = match shared.grad_clip {
+            Some(c) => clip_grad_norm(&self.net, &mut grads, c),
+            None => global_grad_norm(&self.net, &grads),
+        };
+        if let Some(slot) = shared.grad_norm_slot.lock().expect("slot lock").as_ref() {
+            *slot.lock().expect("grad norm") = Some(norm);
+        }
+        let mut m = optim.step(lr, self, grads);
+        let ema = std::mem::take(&mut m.ema);
+        m.ema = ema.into_iter().zip(&shared.ema_rates).map(|(e, &rate)| ema_update(e, &m.net, rate)).collect();
+        m
+    }
+}
+
+impl InferenceStep for DiffusionTrainer {
+    type Input = Batch;
+    type Output = StepOutput;
+
+    fn step(&self, batch: Batch) -> StepOutput {
+        self.losses(batch, false)
+    }
+}
