@@ -64,10 +64,26 @@ struct TermSums {
 
 fn held_out(spec: &DataSpec, size: usize, seed: u64) -> Result<ImageSet> {
     Ok(match spec {
-        DataSpec::Shapes => shapes::generate(1024, seed.wrapping_add(1_000_003)),
+        DataSpec::Shapes => {
+            // Fresh shapes (another seed than training's), box-filtered to the model's size.
+            let set = shapes::generate(1024, seed.wrapping_add(1_000_003));
+            if size > 0 && size < shapes::SIZE && shapes::SIZE.is_multiple_of(size) {
+                set.downsample(shapes::SIZE / size)
+            } else {
+                set
+            }
+        }
         DataSpec::Mnist(dir) => mnist::load_dir(dir, false)?,
         DataSpec::Cifar10(dir) => cifar::load_dir(dir, false)?,
         DataSpec::Folder(dir) => folder::load(dir, Some(size))?,
+        DataSpec::Synthetic { .. } => {
+            let Some(set) =
+                diffusion_train::data::load(spec, size, seed.wrapping_add(1_000_003))?.as_images().cloned()
+            else {
+                bail!("synthetic data should be images")
+            };
+            set
+        }
         DataSpec::Points(_) => bail!("eval nll measures 8-bit images; point sets are not supported yet"),
     })
 }

@@ -8,6 +8,7 @@ mod model_cmd;
 mod plot;
 mod sample_cmd;
 mod schedule_cmd;
+mod train_cmd;
 
 use std::io::Write;
 
@@ -33,6 +34,10 @@ enum Command {
     Schedule(schedule_cmd::ScheduleArgs),
     /// Print a network's architecture and parameter counts; import PyTorch checkpoints.
     Model(model_cmd::ModelArgs),
+    /// Train a model (a preset or a config file) through burn's Learner; resumable.
+    Train(train_cmd::TrainArgs),
+    /// Train a noise-aware classifier (for classifier guidance).
+    TrainClassifier(train_cmd::TrainClassifierArgs),
     /// Draw samples from a checkpoint (DDPM, DDIM, Langevin, predictor-corrector; guidance).
     Sample(sample_cmd::SampleArgs),
     /// Interpolate between two noises or two images in DDIM's latent space (a PNG strip).
@@ -67,6 +72,8 @@ fn run() -> Result<()> {
     match &cli.command {
         Command::Schedule(args) => schedule_cmd::run(args, &mut out),
         Command::Model(args) => model_cmd::run(args, &cli.device.device()?, &mut out),
+        Command::Train(args) => train_cmd::run(args, cli.device),
+        Command::TrainClassifier(args) => train_cmd::run_classifier(args, cli.device),
         Command::Sample(args) => sample_cmd::run(args, &cli.device.device()?),
         Command::Eval(cmd) => eval_cmd::run(cmd, &cli.device.device()?, &mut out),
         Command::Interpolate(args) => latent_cmd::interpolate(args, &cli.device.device()?),

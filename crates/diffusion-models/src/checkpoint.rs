@@ -214,8 +214,11 @@ pub fn read_checkpoint(path: &Path) -> Result<(CheckpointHeader, Vec<u8>)> {
     Ok((header, payload))
 }
 
+/// Named binary sections of a checkpoint, in file order.
+pub type Sections = Vec<(String, Vec<u8>)>;
+
 /// Reads and verifies a checkpoint: header, weights and its named sections.
-pub fn read_checkpoint_sections(path: &Path) -> Result<(CheckpointHeader, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+pub fn read_checkpoint_sections(path: &Path) -> Result<(CheckpointHeader, Vec<u8>, Sections)> {
     let data = fs::read(path).map_err(io_err(path))?;
     let take = |at: usize, n: usize, what: &str| {
         data.get(at..at.saturating_add(n))

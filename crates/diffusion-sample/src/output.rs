@@ -42,17 +42,25 @@ pub fn to_images(x: Tensor<4>) -> Images {
 
 /// Tiles the images into a grid with `cols` columns and a 2-pixel border, as one PNG.
 pub fn save_grid_png(path: &Path, images: &Images, cols: usize) -> std::io::Result<()> {
+    save_grid_png_scaled(path, images, cols, 1)
+}
+
+/// Like [`save_grid_png`], each pixel drawn as a `scale × scale` block (nearest neighbour), so
+/// that small images can be seen.
+pub fn save_grid_png_scaled(path: &Path, images: &Images, cols: usize, scale: usize) -> std::io::Result<()> {
+    let s = scale.max(1);
     let cols = cols.clamp(1, images.n.max(1));
     let rows = images.n.div_ceil(cols).max(1);
     let pad = 2;
-    let (gw, gh) = (cols * (images.w + pad) + pad, rows * (images.h + pad) + pad);
+    let (tw, th) = (images.w * s, images.h * s);
+    let (gw, gh) = (cols * (tw + pad) + pad, rows * (th + pad) + pad);
     let mut grid = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
     for k in 0..images.n {
         let (r, cidx) = (k / cols, k % cols);
-        let (ox, oy) = (pad + cidx * (images.w + pad), pad + r * (images.h + pad));
-        for y in 0..images.h {
-            for x in 0..images.w {
-                let base = ((k * images.h + y) * images.w + x) * images.c;
+        let (ox, oy) = (pad + cidx * (tw + pad), pad + r * (th + pad));
+        for y in 0..th {
+            for x in 0..tw {
+                let base = ((k * images.h + y / s) * images.w + x / s) * images.c;
                 let px = if images.c >= 3 {
                     [images.data[base], images.data[base + 1], images.data[base + 2]]
                 } else {

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use burn::lr_scheduler::LrSchedulerRecord;
 use burn::module::Module;
 use burn::optim::OptimizerRecord;
-use burn::lr_scheduler::LrSchedulerRecord;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device};
 use burn::train::checkpoint::{
@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::loader::BatchPlan;
 use crate::trainer::{Net, SamplerState, Shared};
 
 /// Section names.
@@ -66,7 +65,7 @@ pub struct LoadedCheckpoint {
     scheduler: Vec<u8>,
 }
 
-fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
+pub(crate) fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
     TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
 }
 
@@ -91,33 +90,49 @@ pub fn list_checkpoints(dir: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// Reads and verifies a run checkpoint's header and the Learner's three records (checksum,
+/// presence, each record decodes).
+pub(crate) fn load_parts(path: &Path) -> Result<(CheckpointHeader, [Vec<u8>; 3])> {
+    let (header, _weights, sections) =
+        read_checkpoint_sections(path).map_err(|e| ckpt_err(path, e.to_string()))?;
+    let mut sections: BTreeMap<String, Vec<u8>> = sections.into_iter().collect();
+    let mut take = |name: &str| {
+        sections.remove(name).ok_or_else(|| ckpt_err(path, format!("section `{name}` is missing")))
+    };
+    let parts = [take(TRAINER)?, take(OPTIMIZER)?, take(SCHEDULER)?];
+    ModuleRecord::from_bytes(Bytes::from_bytes_vec(parts[0].clone()))
+        .map_err(|e| ckpt_err(path, format!("trainer record: {e}")))?;
+    OptimizerRecord::from_bytes(Bytes::from_bytes_vec(parts[1].clone()))
+        .map_err(|e| ckpt_err(path, format!("optimizer record: {e}")))?;
+    LrSchedulerRecord::from_bytes(Bytes::from_bytes_vec(parts[2].clone()))
+        .map_err(|e| ckpt_err(path, format!("scheduler record: {e}")))?;
+    Ok((header, parts))
+}
+
+/// `extra.training` of a checkpoint header, parsed.
+pub(crate) fn training_extra<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    header: &CheckpointHeader,
+) -> Result<T> {
+    let training = header.extra.get("training").ok_or_else(|| {
+        ckpt_err(path, "holds a network but no training state (not written by a training run)")
+    })?;
+    serde_json::from_value(training.clone())
+        .map_err(|e| ckpt_err(path, format!("unreadable training state: {e}")))
+}
+
 /// Reads and fully verifies a training checkpoint (checksum, header, the three records).
 pub fn load_training_checkpoint(path: &Path) -> Result<LoadedCheckpoint> {
-    let (header, _weights, sections) = read_checkpoint_sections(path)
-        .map_err(|e| ckpt_err(path, e.to_string()))?;
-    let training = header
-        .extra
-        .get("training")
-        .ok_or_else(|| ckpt_err(path, "holds a network but no training state (not written by `diffusion train`)"))?;
-    let state: TrainingState = serde_json::from_value(training.clone())
-        .map_err(|e| ckpt_err(path, format!("unreadable training state: {e}")))?;
-    let mut sections: BTreeMap<String, Vec<u8>> = sections.into_iter().collect();
-    let mut take = |name: &str| sections.remove(name).ok_or_else(|| ckpt_err(path, format!("section `{name}` is missing")));
-    let loaded = LoadedCheckpoint {
-        path: path.to_path_buf(),
-        trainer: take(TRAINER)?,
-        optimizer: take(OPTIMIZER)?,
-        scheduler: take(SCHEDULER)?,
-        header,
-        state,
-    };
-    ModuleRecord::from_bytes(Bytes::from_bytes_vec(loaded.trainer.clone()))
-        .map_err(|e| ckpt_err(path, format!("trainer record: {e}")))?;
-    OptimizerRecord::from_bytes(Bytes::from_bytes_vec(loaded.optimizer.clone()))
-        .map_err(|e| ckpt_err(path, format!("optimizer record: {e}")))?;
-    LrSchedulerRecord::from_bytes(Bytes::from_bytes_vec(loaded.scheduler.clone()))
-        .map_err(|e| ckpt_err(path, format!("scheduler record: {e}")))?;
-    Ok(loaded)
+    let (header, [trainer, optimizer, scheduler]) = load_parts(path)?;
+    let state: TrainingState = training_extra(path, &header)?;
+    Ok(LoadedCheckpoint { path: path.to_path_buf(), header, state, trainer, optimizer, scheduler })
+}
+
+impl LoadedCheckpoint {
+    /// The trainer, optimiser and scheduler records.
+    pub(crate) fn into_parts(self) -> [Vec<u8>; 3] {
+        [self.trainer, self.optimizer, self.scheduler]
+    }
 }
 
 /// The newest checkpoint in `dir` that verifies, skipping (and reporting) broken ones.
@@ -130,6 +145,17 @@ pub fn latest_valid_checkpoint(dir: &Path) -> (Option<LoadedCheckpoint>, Vec<Tra
         }
     }
     (None, skipped)
+}
+
+/// The newest checkpoint in `dir` that passes `check`, warning about each one skipped.
+pub(crate) fn latest_valid(dir: &Path, check: impl Fn(&Path) -> Result<()>) -> Option<PathBuf> {
+    for (_, path) in list_checkpoints(dir).into_iter().rev() {
+        match check(&path) {
+            Ok(()) => return Some(path),
+            Err(e) => eprintln!("warning: skipping a checkpoint that does not verify: {e}"),
+        }
+    }
+    None
 }
 
 /// A checkpoint that was just written.
@@ -153,39 +179,44 @@ struct Pending {
     scheduler: Option<Bytes>,
 }
 
+/// Writes checkpoint `path` (after `step` steps, Learner epoch `epoch`) from the trainer
+/// record and the three sections; the caller knows the model and the header.
+pub(crate) type WriteFn =
+    Box<dyn Fn(&Path, u64, usize, &Bytes, &[(&str, &[u8])]) -> Result<()> + Send + Sync>;
+
 /// Joins the Learner's three records of an epoch into one checkpoint file.
 pub(crate) struct CheckpointStore {
     dir: PathBuf,
-    config: TrainConfig,
-    plan: BatchPlan,
-    device: Device,
-    shared: Arc<Shared>,
+    keep_last: usize,
+    epoch_end: Box<dyn Fn(usize) -> u64 + Send + Sync>,
+    writer: WriteFn,
     pending: Mutex<BTreeMap<usize, Pending>>,
-    resume: Mutex<Option<LoadedCheckpoint>>,
+    resume: Mutex<Option<(usize, LoadedParts)>>,
     hook: Option<CheckpointHook>,
     /// Step of the newest checkpoint on disk (0: none).
     pub last_step: Mutex<u64>,
 }
 
 impl CheckpointStore {
+    /// A store writing into `dir`, resuming (if at all) from `resume` = (epoch, step, records).
     pub fn new(
         dir: PathBuf,
-        config: TrainConfig,
-        plan: BatchPlan,
-        device: Device,
-        shared: Arc<Shared>,
-        resume: Option<LoadedCheckpoint>,
+        keep_last: usize,
+        epoch_end: Box<dyn Fn(usize) -> u64 + Send + Sync>,
+        writer: WriteFn,
+        resume: Option<(usize, u64, [Vec<u8>; 3])>,
         hook: Option<CheckpointHook>,
     ) -> Self {
-        let last = resume.as_ref().map(|r| r.state.step).unwrap_or(0);
+        let last = resume.as_ref().map(|r| r.1).unwrap_or(0);
         Self {
             dir,
-            config,
-            plan,
-            device,
-            shared,
+            keep_last,
+            epoch_end,
+            writer,
             pending: Mutex::new(BTreeMap::new()),
-            resume: Mutex::new(resume),
+            resume: Mutex::new(resume.map(|(e, _, [trainer, optimizer, scheduler])| {
+                (e, LoadedParts { trainer, optimizer, scheduler })
+            })),
             hook,
             last_step: Mutex::new(last),
         }
@@ -209,59 +240,16 @@ impl CheckpointStore {
     }
 
     fn write(&self, epoch: usize, p: Pending) -> Result<()> {
-        let step = self.plan.epoch_end(epoch);
+        let step = (self.epoch_end)(epoch);
         let path = self.dir.join(checkpoint_name(step));
         let trainer = p.trainer.expect("complete");
-        let optimizer = p.optimizer.expect("complete");
-        let scheduler = p.scheduler.expect("complete");
-        let sampler = self
-            .shared
-            .snapshots
-            .lock()
-            .expect("snapshot lock")
-            .remove(&step)
-            .ok_or_else(|| ckpt_err(&path, format!("no timestep-sampler state was recorded at step {step}")))?;
-        let timestep_sampler: SamplerState =
-            serde_json::from_value(sampler).map_err(|e| ckpt_err(&path, e.to_string()))?;
-        // The primary network: rebuild the trainer from its record and take the first EMA copy.
-        let net = {
-            let inner = self.device.clone().inner();
-            let nets = TrainerNets::new(&self.config, &inner)?;
-            let record = ModuleRecord::from_bytes(trainer.clone()).map_err(|e| ckpt_err(&path, e.to_string()))?;
-            let nets = nets.load_record(record);
-            nets.primary()
-        };
-        let weights = match self.config.ema_rates.first() {
-            Some(r) => format!("ema_{r}"),
-            None => "online".into(),
-        };
-        let state = TrainingState { step, epoch, config: self.config.clone(), timestep_sampler, weights };
-        let extra = serde_json::json!({
-            "diffusion": self.config.process,
-            "training": state,
-        });
-        let (t, o, s) = (trainer.to_vec(), optimizer.to_vec(), scheduler.to_vec());
-        match &net {
-            Net::Unet(u) => save_checkpoint_with_sections(
-                &path,
-                &self.config.model,
-                u,
-                extra,
-                &[(TRAINER, &t), (OPTIMIZER, &o), (SCHEDULER, &s)],
-            ),
-            Net::Mlp(m) => save_checkpoint_with_sections(
-                &path,
-                &self.config.model,
-                m,
-                extra,
-                &[(TRAINER, &t), (OPTIMIZER, &o), (SCHEDULER, &s)],
-            ),
-        }
-        .map_err(|e| ckpt_err(&path, e.to_string()))?;
+        let (o, s) = (p.optimizer.expect("complete").to_vec(), p.scheduler.expect("complete").to_vec());
+        let t = trainer.to_vec();
+        (self.writer)(&path, step, epoch, &trainer, &[(TRAINER, &t), (OPTIMIZER, &o), (SCHEDULER, &s)])?;
         *self.last_step.lock().expect("last step") = step;
         // Only now that the new checkpoint is on disk: drop the oldest beyond keep_last.
         let all = list_checkpoints(&self.dir);
-        let excess = all.len().saturating_sub(self.config.keep_last);
+        let excess = all.len().saturating_sub(self.keep_last);
         for (_, old) in all.into_iter().take(excess) {
             let _ = std::fs::remove_file(old);
         }
@@ -274,16 +262,43 @@ impl CheckpointStore {
     fn restore(&self, epoch: usize) -> std::result::Result<LoadedParts, CheckpointerError> {
         let guard = self.resume.lock().expect("resume lock");
         match &*guard {
-            Some(c) if c.state.epoch == epoch => Ok(LoadedParts {
-                trainer: c.trainer.clone(),
-                optimizer: c.optimizer.clone(),
-                scheduler: c.scheduler.clone(),
-            }),
+            Some((e, parts)) if *e == epoch => Ok(parts.clone()),
             _ => Err(CheckpointerError::Unknown(format!("no verified checkpoint for epoch {epoch}"))),
         }
     }
 }
 
+/// The writer of diffusion checkpoints: the primary network (first EMA copy) as the weights,
+/// the process and the training state in the header.
+pub(crate) fn diffusion_writer(config: TrainConfig, device: Device, shared: Arc<Shared>) -> WriteFn {
+    Box::new(move |path, step, epoch, trainer, sections| {
+        let sampler = shared.snapshots.lock().expect("snapshot lock").remove(&step).ok_or_else(|| {
+            ckpt_err(path, format!("no timestep-sampler state was recorded at step {step}"))
+        })?;
+        let timestep_sampler: SamplerState =
+            serde_json::from_value(sampler).map_err(|e| ckpt_err(path, e.to_string()))?;
+        // The primary network: rebuild the trainer from its record and take the first EMA copy.
+        let net = {
+            let nets = TrainerNets::new(&config, &device.clone().inner())?;
+            let record =
+                ModuleRecord::from_bytes(trainer.clone()).map_err(|e| ckpt_err(path, e.to_string()))?;
+            nets.load_record(record).primary()
+        };
+        let weights = match config.ema_rates.first() {
+            Some(r) => format!("ema_{r}"),
+            None => "online".into(),
+        };
+        let state = TrainingState { step, epoch, config: config.clone(), timestep_sampler, weights };
+        let extra = serde_json::json!({ "diffusion": config.process, "training": state });
+        match &net {
+            Net::Unet(u) => save_checkpoint_with_sections(path, &config.model, u, extra, sections),
+            Net::Mlp(m) => save_checkpoint_with_sections(path, &config.model, m, extra, sections),
+        }
+        .map_err(|e| ckpt_err(path, e.to_string()))
+    })
+}
+
+#[derive(Clone)]
 struct LoadedParts {
     trainer: Vec<u8>,
     optimizer: Vec<u8>,
@@ -388,4 +403,10 @@ impl TrainerNets {
         let n = self.load_record(record);
         Ok(crate::run::TrainedNets { net: n.net, ema: n.ema })
     }
+}
+
+/// The online network and every EMA copy stored in a training checkpoint, on `device`.
+pub fn load_trained_nets(path: &Path, device: &Device) -> Result<crate::run::TrainedNets> {
+    let ckpt = load_training_checkpoint(path)?;
+    TrainerNets::new(&ckpt.state.config, device)?.load_from_checkpoint(&ckpt)
 }

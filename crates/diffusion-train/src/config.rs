@@ -81,7 +81,18 @@ impl Default for OptimConfig {
     }
 }
 
-/// Periodic sample grids (drawn from the first EMA copy with DDIM).
+/// The sampler of the periodic grids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GridSampler {
+    /// Ancestral sampling on the respaced chain (robust early in training).
+    #[default]
+    Ddpm,
+    /// Deterministic DDIM (η = 0).
+    Ddim,
+}
+
+/// Periodic sample grids (drawn from the first EMA copy).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleConfig {
@@ -91,9 +102,12 @@ pub struct SampleConfig {
     /// Number of samples in a grid.
     #[serde(default = "default_sample_num")]
     pub num: usize,
-    /// DDIM steps.
+    /// Sampler.
+    #[serde(default)]
+    pub sampler: GridSampler,
+    /// Steps of the respaced chain.
     #[serde(default = "default_sample_steps")]
-    pub ddim_steps: usize,
+    pub steps: usize,
 }
 
 fn one() -> u64 {
@@ -103,12 +117,17 @@ fn default_sample_num() -> usize {
     16
 }
 fn default_sample_steps() -> usize {
-    25
+    50
 }
 
 impl Default for SampleConfig {
     fn default() -> Self {
-        Self { every_checkpoints: 1, num: default_sample_num(), ddim_steps: default_sample_steps() }
+        Self {
+            every_checkpoints: 1,
+            num: default_sample_num(),
+            sampler: GridSampler::Ddpm,
+            steps: default_sample_steps(),
+        }
     }
 }
 
@@ -175,7 +194,8 @@ fn default_valid_size() -> usize {
 }
 
 /// The preset names, in the order `--help` lists them.
-pub const PRESETS: [&str; 7] = ["default", "swissroll", "mnist", "cifar10-hybrid", "cifar10-vlb", "tiny", "tiny-mlp"];
+pub const PRESETS: [&str; 7] =
+    ["default", "swissroll", "mnist", "cifar10-hybrid", "cifar10-vlb", "tiny", "tiny-mlp"];
 
 impl TrainConfig {
     /// A named preset: `default` (class-conditional shapes at 16×16, minutes on a CPU),
@@ -207,15 +227,20 @@ impl TrainConfig {
                 class_cond: true,
                 random_flip: true,
                 timestep_sampler: TimestepSamplerKind::Uniform,
-                steps: 1500,
+                steps: 1200,
                 batch_size: 32,
                 microbatch: None,
-                optim: OptimConfig { lr: 2e-3, warmup_steps: 50, lr_anneal_steps: 1500, ..Default::default() },
+                optim: OptimConfig {
+                    lr: 2e-3,
+                    warmup_steps: 50,
+                    lr_anneal_steps: 1200,
+                    ..Default::default()
+                },
                 ema_rates: vec![0.995],
-                checkpoint_every: 250,
+                checkpoint_every: 300,
                 keep_last: 3,
                 valid_size: 64,
-                sample: SampleConfig { every_checkpoints: 1, num: 16, ddim_steps: 25 },
+                sample: SampleConfig { every_checkpoints: 1, num: 16, sampler: GridSampler::Ddpm, steps: 25 },
                 seed: 0,
             },
             "swissroll" | "tiny-mlp" => {
@@ -236,12 +261,21 @@ impl TrainConfig {
                     steps: if tiny { 6 } else { 3000 },
                     batch_size: if tiny { 16 } else { 256 },
                     microbatch: None,
-                    optim: OptimConfig { lr: 2e-3, lr_anneal_steps: if tiny { 0 } else { 3000 }, ..Default::default() },
+                    optim: OptimConfig {
+                        lr: 2e-3,
+                        lr_anneal_steps: if tiny { 0 } else { 3000 },
+                        ..Default::default()
+                    },
                     ema_rates: vec![if tiny { 0.9 } else { 0.995 }],
                     checkpoint_every: if tiny { 2 } else { 500 },
                     keep_last: 3,
                     valid_size: if tiny { 16 } else { 512 },
-                    sample: SampleConfig { every_checkpoints: 1, num: if tiny { 64 } else { 1000 }, ddim_steps: 50 },
+                    sample: SampleConfig {
+                        every_checkpoints: 1,
+                        num: if tiny { 64 } else { 1000 },
+                        sampler: GridSampler::Ddpm,
+                        steps: 50,
+                    },
                     seed: 0,
                 }
             }
@@ -273,16 +307,17 @@ impl TrainConfig {
                 checkpoint_every: 2,
                 keep_last: 2,
                 valid_size: 4,
-                sample: SampleConfig { every_checkpoints: 0, num: 4, ddim_steps: 4 },
+                sample: SampleConfig { every_checkpoints: 0, num: 4, sampler: GridSampler::Ddpm, steps: 4 },
                 seed: 0,
             },
             "mnist" => Self {
+                // The mnist UNet preset learns Σ (two output channels): L_hybrid.
                 model: ModelSpec::Unet(UNetConfig::mnist()),
                 process: process(
                     BetaSchedule::Linear { num_timesteps: 1000 },
                     eps,
-                    ModelVariance::FixedSmall,
-                    LossKind::Mse,
+                    ModelVariance::LearnedRange,
+                    LossKind::RescaledMse,
                 ),
                 data: "mnist:data/mnist".into(),
                 image_size: 28,
@@ -297,7 +332,7 @@ impl TrainConfig {
                 checkpoint_every: 1000,
                 keep_last: 3,
                 valid_size: 256,
-                sample: SampleConfig { every_checkpoints: 5, num: 64, ddim_steps: 50 },
+                sample: SampleConfig { every_checkpoints: 5, num: 64, sampler: GridSampler::Ddpm, steps: 50 },
                 seed: 0,
             },
             "cifar10-hybrid" | "cifar10-vlb" => {
@@ -329,7 +364,12 @@ impl TrainConfig {
                     checkpoint_every: 10_000,
                     keep_last: 3,
                     valid_size: 256,
-                    sample: SampleConfig { every_checkpoints: 1, num: 64, ddim_steps: 50 },
+                    sample: SampleConfig {
+                        every_checkpoints: 1,
+                        num: 64,
+                        sampler: GridSampler::Ddpm,
+                        steps: 50,
+                    },
                     seed: 0,
                 }
             }
@@ -348,8 +388,9 @@ impl TrainConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         let cfg: Self = match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => toml::from_str(&text)
-                .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?,
+            Some("toml") => {
+                toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?
+            }
             Some("json") => serde_json::from_str(&text)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?,
             _ => {
@@ -412,14 +453,17 @@ impl TrainConfig {
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return bad(format!("optim.lr {} must be positive", o.lr));
         }
-        if !(o.eps > 0.0 && (0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2)) {
-            return bad(format!("optim: eps {} must be > 0 and betas ({}, {}) in [0, 1)", o.eps, o.beta1, o.beta2));
+        if o.eps.is_nan() || o.eps <= 0.0 || !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+            return bad(format!(
+                "optim: eps {} must be > 0 and betas ({}, {}) in [0, 1)",
+                o.eps, o.beta1, o.beta2
+            ));
         }
-        if !(o.weight_decay >= 0.0) {
+        if o.weight_decay.is_nan() || o.weight_decay < 0.0 {
             return bad(format!("optim.weight_decay {} must be >= 0", o.weight_decay));
         }
         if let Some(c) = o.grad_clip
-            && !(c > 0.0)
+            && (c.is_nan() || c <= 0.0)
         {
             return bad(format!("optim.grad_clip {c} must be positive"));
         }
@@ -439,7 +483,11 @@ impl TrainConfig {
                         "model.out_channels is {} but the process needs {want} ({} data channels{})",
                         u.out_channels,
                         u.in_channels,
-                        if self.process.config.variance.is_learned() { ", doubled for a learned variance" } else { "" }
+                        if self.process.config.variance.is_learned() {
+                            ", doubled for a learned variance"
+                        } else {
+                            ""
+                        }
                     ));
                 }
                 if self.class_cond != u.num_classes.is_some() {

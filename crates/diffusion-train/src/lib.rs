@@ -20,6 +20,7 @@
 //! A run: [`TrainConfig::preset`] (or a JSON/TOML file), [`train`] with [`RunOptions`].
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod data;
 pub mod ema;
@@ -28,8 +29,10 @@ pub mod loader;
 pub mod log;
 pub mod lr;
 pub mod run;
+pub mod stepper;
 pub mod trainer;
 
+pub use classifier::{ClassifierConfig, ClassifierSummary, train_classifier};
 pub use config::{OptimConfig, SampleConfig, TimestepSamplerKind, TrainConfig};
 pub use error::{Result, TrainError};
 pub use run::{ProgressStyle, Resume, RunOptions, RunSummary, TrainedNets, train};

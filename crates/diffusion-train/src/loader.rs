@@ -257,11 +257,7 @@ impl TrainLoader {
         let n = examples.len();
         Self {
             examples: Arc::new(examples),
-            perms: Arc::new(Permutations {
-                n,
-                noise: NoiseSource::new(plan.seed),
-                cache: Mutex::new(None),
-            }),
+            perms: Arc::new(Permutations { n, noise: NoiseSource::new(plan.seed), cache: Mutex::new(None) }),
             plan,
             device,
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
@@ -304,7 +300,8 @@ impl DataLoader<Batch> for TrainLoader {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         let (first, end) = self.plan.epoch_steps(epoch);
         let (tx, rx) = sync_channel(2);
-        let (examples, perms, plan, range) = (self.examples.clone(), self.perms.clone(), self.plan, self.range());
+        let (examples, perms, plan, range) =
+            (self.examples.clone(), self.perms.clone(), self.plan, self.range());
         let total = (end - first) as usize * plan.micro_per_step() * (range.1 - range.0);
         std::thread::spawn(move || {
             for step in first..end {
@@ -316,7 +313,13 @@ impl DataLoader<Batch> for TrainLoader {
                 }
             }
         });
-        Box::new(TrainIter { rx, device: self.device.clone(), class_cond: self.plan.class_cond, done: 0, total })
+        Box::new(TrainIter {
+            rx,
+            device: self.device.clone(),
+            class_cond: self.plan.class_cond,
+            done: 0,
+            total,
+        })
     }
 
     fn num_items(&self) -> usize {
@@ -378,7 +381,9 @@ impl ValidLoader {
                 step: 0,
                 micro: 0,
                 timesteps: Some(
-                    (start..end).map(|i| ((2 * i + 1) * num_timesteps / (2 * n)).min(num_timesteps - 1)).collect(),
+                    (start..end)
+                        .map(|i| ((2 * i + 1) * num_timesteps / (2 * n)).min(num_timesteps - 1))
+                        .collect(),
                 ),
                 ids: (start as u64..end as u64).collect(),
             };

@@ -9,20 +9,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::tensor::TensorReadError;
+use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
+use burn::train::metric::MetricDefinition;
 use burn::train::metric::{Metric, MetricMetadata, MetricName, SerializedEntry};
 use burn::train::renderer::{
     EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation, MetricsRendererTraining,
 };
-use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
-use burn::train::metric::MetricDefinition;
 
 use crate::error::{Result, TrainError};
 use crate::trainer::StepRecord;
 
 /// Columns of `metrics.csv` (and keys of each `metrics.jsonl` object).
-pub const COLUMNS: [&str; 14] = [
-    "split", "step", "micro", "examples", "loss", "mse", "vb", "loss_q0", "loss_q1", "loss_q2", "loss_q3",
-    "grad_norm", "lr", "examples_per_s",
+pub const COLUMNS: [&str; 15] = [
+    "split",
+    "step",
+    "micro",
+    "examples",
+    "loss",
+    "mse",
+    "vb",
+    "loss_q0",
+    "loss_q1",
+    "loss_q2",
+    "loss_q3",
+    "grad_norm",
+    "lr",
+    "examples_per_s",
+    "accuracy",
 ];
 
 /// One parsed row of `metrics.csv`.
@@ -36,6 +49,8 @@ pub struct MetricsRow {
     pub loss: f64,
     /// Mean loss of each quarter of 0..T (NaN where no example fell).
     pub quartiles: [f64; 4],
+    /// Top-1 accuracy (classifiers; NaN otherwise).
+    pub accuracy: f64,
 }
 
 struct Files {
@@ -101,7 +116,12 @@ fn truncate_rows(path: &Path, step: u64, step_col: usize, split_col: usize, json
 impl RunLog {
     /// Opens the logs in `dir`; a fresh run truncates them, a resumed one keeps the rows that
     /// precede `resume_step`.
-    pub fn open(dir: &Path, resume_step: Option<u64>, total_steps: u64, plain_progress: bool) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        resume_step: Option<u64>,
+        total_steps: u64,
+        plain_progress: bool,
+    ) -> Result<Self> {
         let csv_path = dir.join("metrics.csv");
         let jsonl_path = dir.join("metrics.jsonl");
         let fresh = resume_step.is_none() || !csv_path.exists();
@@ -110,7 +130,13 @@ impl RunLog {
             truncate_rows(&jsonl_path, step, 1, 0, true)?;
         }
         let open = |p: &PathBuf, append: bool| {
-            OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(p).map_err(io(p))
+            OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(p)
+                .map_err(io(p))
         };
         let mut csv = BufWriter::new(open(&csv_path, !fresh)?);
         let jsonl = BufWriter::new(open(&jsonl_path, !fresh)?);
@@ -153,9 +179,11 @@ impl RunLog {
             *prev = Some(r.at);
         }
         let fmt = |x: Option<f64>| x.map(|v| format!("{v:.6e}")).unwrap_or_default();
+        let accuracy =
+            r.correct.as_ref().map(|c| c.iter().filter(|&&k| k).count() as f64 / c.len().max(1) as f64);
         let split = if r.train { "train" } else { "valid" };
         let csv_row = format!(
-            "{split},{},{},{},{loss:.6e},{},{},{},{},{},{},{},{},{}",
+            "{split},{},{},{},{loss:.6e},{},{},{},{},{},{},{},{},{},{}",
             r.step,
             r.micro,
             r.loss.len(),
@@ -168,11 +196,13 @@ impl RunLog {
             fmt(grad_norm),
             fmt(lr.filter(|_| r.train)),
             rate.map(|v| format!("{v:.2}")).unwrap_or_default(),
+            accuracy.map(|v| format!("{v:.4}")).unwrap_or_default(),
         );
         let json = serde_json::json!({
             "split": split, "step": r.step, "micro": r.micro, "examples": r.loss.len(), "loss": loss,
             "mse": mse, "vb": vb, "loss_q0": quart[0], "loss_q1": quart[1], "loss_q2": quart[2],
             "loss_q3": quart[3], "grad_norm": grad_norm, "lr": lr.filter(|_| r.train), "examples_per_s": rate,
+            "accuracy": accuracy,
         });
         {
             let mut f = self.files.lock().expect("metrics files");
@@ -189,7 +219,8 @@ impl RunLog {
             let now = Instant::now();
             let due = p.last_print.is_none_or(|t| now.duration_since(t).as_secs_f64() >= 5.0);
             if !r.train {
-                eprintln!("  held-out loss at step {}: {loss:.5}", r.step);
+                let acc = accuracy.map(|a| format!(", top-1 accuracy {:.1}%", 100.0 * a)).unwrap_or_default();
+                eprintln!("  held-out loss at step {}: {loss:.5}{acc}", r.step);
             } else if due || r.step + 1 == p.total_steps {
                 let done = r.step + 1;
                 let elapsed = p.start.elapsed().as_secs_f64();
@@ -219,7 +250,11 @@ impl RunLog {
 
 fn format_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;
-    if s >= 3600 { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
 }
 
 /// Reads `metrics.csv` back (for the loss curve).
@@ -237,6 +272,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
             step: c[1].parse().unwrap_or(0),
             loss: num(c[4]),
             quartiles: [num(c[7]), num(c[8]), num(c[9]), num(c[10])],
+            accuracy: num(c[14]),
         });
     }
     Ok(rows)
@@ -289,7 +325,14 @@ impl MetricsRendererTraining for QuietRenderer {
 }
 
 impl TrainingProgressLogger for QuietRenderer {
-    fn start(&mut self, _total_epochs: usize, _starting_epoch: usize, _total_items: Option<usize>, _label: Option<&str>) {}
+    fn start(
+        &mut self,
+        _total_epochs: usize,
+        _starting_epoch: usize,
+        _total_items: Option<usize>,
+        _label: Option<&str>,
+    ) {
+    }
     fn start_split(&mut self, _split_name: &str, _total_items: usize) {}
     fn update_split(&mut self, _items_processed: usize) {}
     fn update_epoch(&mut self, _epoch: usize) {}

@@ -13,8 +13,8 @@ use diffusion_models::checkpoint::ModelSpec;
 use diffusion_models::checkpoint::write_atomic;
 
 use crate::checkpoint::{
-    CheckpointHook, CheckpointStore, EveryEpoch, LoadedCheckpoint, Part, latest_valid_checkpoint,
-    load_training_checkpoint,
+    CheckpointHook, CheckpointStore, EveryEpoch, LoadedCheckpoint, Part, diffusion_writer,
+    latest_valid_checkpoint, load_training_checkpoint,
 };
 use crate::config::TrainConfig;
 use crate::data::{Data, DataSpec, load};
@@ -102,10 +102,16 @@ fn check_data(cfg: &TrainConfig, data: &Data) -> Result<()> {
     match (&cfg.model, data) {
         (ModelSpec::Unet(u), Data::Images(s)) => {
             if s.channels != u.in_channels {
-                return bad(format!("the data has {} channels but model.in_channels is {}", s.channels, u.in_channels));
+                return bad(format!(
+                    "the data has {} channels but model.in_channels is {}",
+                    s.channels, u.in_channels
+                ));
             }
             if s.size != u.image_size {
-                return bad(format!("the data's images are {0}×{0} but model.image_size is {1}", s.size, u.image_size));
+                return bad(format!(
+                    "the data's images are {0}×{0} but model.image_size is {1}",
+                    s.size, u.image_size
+                ));
             }
             if let Some(k) = u.num_classes
                 && s.num_classes > k
@@ -120,7 +126,9 @@ fn check_data(cfg: &TrainConfig, data: &Data) -> Result<()> {
             }
             Ok(())
         }
-        (ModelSpec::Mlp(_), Data::Images(_)) => bad(format!("data {:?} is images but the model is an MLP (for 2-D points)", cfg.data)),
+        (ModelSpec::Mlp(_), Data::Images(_)) => {
+            bad(format!("data {:?} is images but the model is an MLP (for 2-D points)", cfg.data))
+        }
         (_, Data::Points(_)) => bad(format!("data {:?} is 2-D points but the model is not an MLP", cfg.data)),
         (ModelSpec::Classifier(_), _) => bad("a classifier is trained with train-classifier".into()),
     }
@@ -148,11 +156,7 @@ pub fn load_split(cfg: &TrainConfig) -> Result<(Examples, Examples)> {
 /// intact.
 pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     cfg.validate()?;
-    let device = opts
-        .devices
-        .first()
-        .cloned()
-        .ok_or_else(|| TrainError::Config("no device given".into()))?;
+    let device = opts.devices.first().cloned().ok_or_else(|| TrainError::Config("no device given".into()))?;
     let run_dir = opts.run_dir.clone();
     let ckpt_dir = run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(io(&ckpt_dir))?;
@@ -199,10 +203,8 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         }
     }
     let config_path = run_dir.join("config.json");
-    write_atomic(&config_path, cfg.to_json().as_bytes()).map_err(|e| TrainError::Checkpoint {
-        path: config_path.clone(),
-        reason: e.to_string(),
-    })?;
+    write_atomic(&config_path, cfg.to_json().as_bytes())
+        .map_err(|e| TrainError::Checkpoint { path: config_path.clone(), reason: e.to_string() })?;
 
     let plan = BatchPlan {
         steps: cfg.steps,
@@ -217,8 +219,8 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     // `steps` keeps the epoch of every step).
     let start_epoch = resume.as_ref().map(|r| r.state.epoch).unwrap_or(0);
     let start_step = resume.as_ref().map(|r| r.state.step).unwrap_or(0);
-    if start_step >= cfg.steps && resume.is_some() {
-        let trainer = rebuild(&cfg, resume.as_ref().expect("checked"), &device)?;
+    if let Some(done) = resume.as_ref().filter(|_| start_step >= cfg.steps) {
+        let trainer = rebuild(&cfg, done, &device)?;
         return Ok(RunSummary {
             steps_done: start_step,
             resumed_from: Some(start_step),
@@ -273,26 +275,38 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     };
     let log = Arc::new(RunLog::open(&run_dir, resume.as_ref().map(|r| r.state.step), cfg.steps, plain)?);
     let train_loader = TrainLoader::new(train_set, plan, ad.clone(), start_epoch + 1);
-    let valid_loader = ValidLoader::new(&valid_set, num_timesteps, cfg.micro_size(), plan, device.clone(), start_epoch + 1);
-
-    let store = Arc::new(CheckpointStore::new(
-        ckpt_dir.clone(),
-        cfg.clone(),
+    let valid_loader = ValidLoader::new(
+        &valid_set,
+        num_timesteps,
+        cfg.valid_size.max(1),
         plan,
         device.clone(),
-        shared.clone(),
-        resume,
+        start_epoch + 1,
+    );
+
+    let resume_parts = resume.map(|r| (r.state.epoch, r.state.step, r.into_parts()));
+    let store = Arc::new(CheckpointStore::new(
+        ckpt_dir.clone(),
+        cfg.keep_last,
+        Box::new(move |e| plan.epoch_end(e)),
+        diffusion_writer(cfg.clone(), device.clone(), shared.clone()),
+        resume_parts,
         opts.on_checkpoint.clone(),
     ));
-    let mut training = SupervisedTraining::new(run_dir.join("burn"), Arc::new(train_loader), Arc::new(valid_loader))
-        .metrics((LossMetric::new(),))
-        .metric_train(RunLogMetric::new(log.clone()))
-        .metric_valid(RunLogMetric::new(log.clone()))
-        .with_custom_checkpointers(Part::trainer(store.clone()), Part::optimizer(store.clone()), Part::scheduler(store.clone()))
-        .with_checkpointing_strategy(EveryEpoch)
-        .with_application_logger(None)
-        .with_interrupter(interrupter.clone())
-        .num_epochs(plan.epochs());
+    let mut training =
+        SupervisedTraining::new(run_dir.join("burn"), Arc::new(train_loader), Arc::new(valid_loader))
+            .metrics((LossMetric::new(),))
+            .metric_train(RunLogMetric::new(log.clone()))
+            .metric_valid(RunLogMetric::new(log.clone()))
+            .with_custom_checkpointers(
+                Part::trainer(store.clone()),
+                Part::optimizer(store.clone()),
+                Part::scheduler(store.clone()),
+            )
+            .with_checkpointing_strategy(EveryEpoch)
+            .with_application_logger(None)
+            .with_interrupter(interrupter.clone())
+            .num_epochs(plan.epochs());
     if start_epoch > 0 {
         training = training.checkpoint(start_epoch);
     }
@@ -313,7 +327,12 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     let last_checkpoint = crate::checkpoint::list_checkpoints(&ckpt_dir).pop().map(|(_, p)| p);
 
     if let Some(f) = shared.failure.lock().expect("failure lock").take() {
-        return Err(TrainError::NonFinite { step: f.step, micro: f.micro, detail: f.detail, last_checkpoint: last_step });
+        return Err(TrainError::NonFinite {
+            step: f.step,
+            micro: f.micro,
+            detail: f.detail,
+            last_checkpoint: last_step,
+        });
     }
     if let Some(e) = result.error {
         return Err(TrainError::Learner(e.to_string()));

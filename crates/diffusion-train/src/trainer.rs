@@ -7,13 +7,15 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, Interrupter, ItemLazy, TrainOutput, TrainStep};
-use diffusion_core::{GaussianDiffusion, LossSecondMomentSampler, NoiseSource, TimestepSampler, UniformSampler};
+use diffusion_core::{
+    GaussianDiffusion, LossSecondMomentSampler, NoiseSource, TimestepSampler, UniformSampler,
+};
 use diffusion_models::checkpoint::ModelSpec;
 use diffusion_models::{Mlp, UNet};
 use rand::RngCore;
@@ -25,6 +27,7 @@ use crate::loader::{Batch, tag};
 
 /// The denoising network of a run.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per run; boxing would only add indirection
 pub enum Net {
     /// An image UNet.
     Unet(UNet),
@@ -130,6 +133,68 @@ pub(crate) struct Shared {
     pub inject_nan_at_step: Option<u64>,
 }
 
+impl Shared {
+    /// Checks the losses, feeds the sampler and stops the run on a non-finite value.
+    pub fn after_step(&self, record: &StepRecord) -> bool {
+        let shared = self;
+        let injected = shared.inject_nan_at_step == Some(record.step);
+        let bad = |v: &[f32]| v.iter().any(|x| !x.is_finite());
+        if injected || bad(&record.loss) {
+            let mut terms = Vec::new();
+            if let Some(m) = &record.mse
+                && bad(m)
+            {
+                terms.push("mse");
+            }
+            if let Some(v) = &record.vb
+                && bad(v)
+            {
+                terms.push("vb");
+            }
+            let ts: Vec<usize> = record
+                .loss
+                .iter()
+                .zip(&record.timesteps)
+                .filter(|(l, _)| injected || !l.is_finite())
+                .map(|(_, &t)| t)
+                .collect();
+            let detail = format!(
+                "{}loss term{} {} non-finite at timesteps {ts:?}",
+                if injected { "(injected) " } else { "" },
+                if terms.len() == 1 { "" } else { "s" },
+                if terms.is_empty() { "loss".to_string() } else { terms.join(" and ") },
+            );
+            *shared.failure.lock().expect("failure lock") =
+                Some(Failure { step: record.step, micro: record.micro, detail: detail.clone() });
+            shared.interrupter.stop(Some(&detail));
+            return false;
+        }
+        let mut sampler = shared.sampler.lock().expect("sampler lock");
+        let losses: Vec<f64> = record.loss.iter().map(|&x| f64::from(x)).collect();
+        // The uniform sampler ignores updates; the importance sampler records per-t losses.
+        let _ = sampler.as_sampler().update(&record.timesteps, &losses);
+        if record.micro + 1 == shared.micro_per_step && (shared.checkpoint_steps)(record.step + 1) {
+            let snap = serde_json::to_value(&*sampler).expect("sampler state serialises");
+            shared.snapshots.lock().expect("snapshot lock").insert(record.step + 1, snap);
+        }
+        if record.micro + 1 == shared.micro_per_step && shared.stop_after_steps == Some(record.step + 1) {
+            shared.interrupter.stop(Some("stop requested after this step"));
+        }
+        true
+    }
+
+    /// Global gradient norm (clipping it when configured), recorded for the newest item.
+    pub fn clip_and_record<M: Module>(&self, module: &M, grads: &mut GradientsParams) {
+        let norm = match self.grad_clip {
+            Some(c) => clip_grad_norm(module, grads, c),
+            None => global_grad_norm(module, grads),
+        };
+        if let Some(slot) = self.grad_norm_slot.lock().expect("slot lock").as_ref() {
+            *slot.lock().expect("grad norm") = Some(norm);
+        }
+    }
+}
+
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared").field("seed", &self.seed).finish_non_exhaustive()
@@ -188,20 +253,31 @@ impl DiffusionTrainer {
             }
         };
         if train && shared.dropout {
-            device.seed(shared.noise.rng(tag::DROPOUT, batch.step * shared.micro_per_step as u64 + batch.micro as u64).next_u64());
+            device.seed(
+                shared
+                    .noise
+                    .rng(tag::DROPOUT, batch.step * shared.micro_per_step as u64 + batch.micro as u64)
+                    .next_u64(),
+            );
         }
         let t = Tensor::<1, Int>::from_data(
             TensorData::new(timesteps.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n]),
             &device,
         );
-        let w = Tensor::<1>::from_data(TensorData::new(weights.iter().map(|&w| w as f32).collect::<Vec<_>>(), [n]), &device);
+        let w = Tensor::<1>::from_data(
+            TensorData::new(weights.iter().map(|&w| w as f32).collect::<Vec<_>>(), [n]),
+            &device,
+        );
         let y = batch.y.clone();
-        let out = shared.diffusion.training_losses(batch.x0, t, batch.noise, |x, tt| self.net.forward(x, tt, y));
+        let out =
+            shared.diffusion.training_losses(batch.x0, t, batch.noise, |x, tt| self.net.forward(x, tt, y));
         // The reference's objective: mean over the batch of w_t · L, each microbatch weighted by
         // its share of the batch so that accumulated gradients are the full batch's.
         let scale = if train { n as f64 / shared.batch_size as f64 } else { 1.0 };
         let loss = (out.loss.clone() * w).mean().mul_scalar(scale);
-        let host = |x: &Tensor<1>| -> Vec<f32> { x.clone().detach().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default() };
+        let host = |x: &Tensor<1>| -> Vec<f32> {
+            x.clone().detach().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+        };
         let per_example = host(&out.loss);
         let mse = out.mse.as_ref().map(host);
         let vb = out.vb.as_ref().map(host);
@@ -215,60 +291,12 @@ impl DiffusionTrainer {
                 loss: per_example,
                 mse,
                 vb,
+                correct: None,
                 num_timesteps: shared.diffusion.num_timesteps(),
                 grad_norm: Arc::new(Mutex::new(None)),
                 at: Instant::now(),
             }),
         }
-    }
-
-    /// Checks the losses, feeds the sampler and stops the run on a non-finite value.
-    fn after_step(&self, record: &StepRecord) -> bool {
-        let shared = &self.shared;
-        let injected = shared.inject_nan_at_step == Some(record.step);
-        let bad = |v: &[f32]| v.iter().any(|x| !x.is_finite());
-        if injected || bad(&record.loss) {
-            let mut terms = Vec::new();
-            if let Some(m) = &record.mse
-                && bad(m)
-            {
-                terms.push("mse");
-            }
-            if let Some(v) = &record.vb
-                && bad(v)
-            {
-                terms.push("vb");
-            }
-            let ts: Vec<usize> = record
-                .loss
-                .iter()
-                .zip(&record.timesteps)
-                .filter(|(l, _)| injected || !l.is_finite())
-                .map(|(_, &t)| t)
-                .collect();
-            let detail = format!(
-                "{}loss term{} {} non-finite at timesteps {ts:?}",
-                if injected { "(injected) " } else { "" },
-                if terms.len() == 1 { "" } else { "s" },
-                if terms.is_empty() { "loss".to_string() } else { terms.join(" and ") },
-            );
-            *shared.failure.lock().expect("failure lock") =
-                Some(Failure { step: record.step, micro: record.micro, detail: detail.clone() });
-            shared.interrupter.stop(Some(&detail));
-            return false;
-        }
-        let mut sampler = shared.sampler.lock().expect("sampler lock");
-        let losses: Vec<f64> = record.loss.iter().map(|&x| f64::from(x)).collect();
-        // The uniform sampler ignores updates; the importance sampler records per-t losses.
-        let _ = sampler.as_sampler().update(&record.timesteps, &losses);
-        if record.micro + 1 == shared.micro_per_step && (shared.checkpoint_steps)(record.step + 1) {
-            let snap = serde_json::to_value(&*sampler).expect("sampler state serialises");
-            shared.snapshots.lock().expect("snapshot lock").insert(record.step + 1, snap);
-        }
-        if record.micro + 1 == shared.micro_per_step && shared.stop_after_steps == Some(record.step + 1) {
-            shared.interrupter.stop(Some("stop requested after this step"));
-        }
-        true
     }
 }
 
@@ -289,6 +317,8 @@ pub struct StepRecord {
     pub mse: Option<Vec<f32>>,
     /// Per-example VLB term, if any.
     pub vb: Option<Vec<f32>>,
+    /// Per-example top-1 correctness (classifiers).
+    pub correct: Option<Vec<bool>>,
     /// T.
     pub num_timesteps: usize,
     /// Global gradient norm of the optimiser step this microbatch completed (training only).
@@ -375,7 +405,7 @@ impl TrainStep for DiffusionTrainer {
 
     fn step(&self, batch: Batch) -> TrainOutput<StepOutput> {
         let out = self.losses(batch, true);
-        let ok = self.after_step(&out.record);
+        let ok = self.shared.after_step(&out.record);
         *self.shared.grad_norm_slot.lock().expect("slot lock") = Some(out.record.grad_norm.clone());
         let grads = if ok {
             GradientsParams::from_grads(out.loss.backward(), self)
@@ -386,18 +416,18 @@ impl TrainStep for DiffusionTrainer {
         TrainOutput { grads, item: out }
     }
 
-    fn optimize(self, optim: &mut ModuleOptimizer, lr: ModuleLearningRate, mut grads: GradientsParams) -> Self {
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        mut grads: GradientsParams,
+    ) -> Self {
         let shared = self.shared.clone();
-        let norm = match shared.grad_clip {
-            Some(c) => clip_grad_norm(&self.net, &mut grads, c),
-            None => global_grad_norm(&self.net, &grads),
-        };
-        if let Some(slot) = shared.grad_norm_slot.lock().expect("slot lock").as_ref() {
-            *slot.lock().expect("grad norm") = Some(norm);
-        }
+        shared.clip_and_record(&self.net, &mut grads);
         let mut m = optim.step(lr, self, grads);
         let ema = std::mem::take(&mut m.ema);
-        m.ema = ema.into_iter().zip(&shared.ema_rates).map(|(e, &rate)| ema_update(e, &m.net, rate)).collect();
+        m.ema =
+            ema.into_iter().zip(&shared.ema_rates).map(|(e, &rate)| ema_update(e, &m.net, rate)).collect();
         m
     }
 }

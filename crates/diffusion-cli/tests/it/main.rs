@@ -6,6 +6,7 @@ mod latent;
 mod model;
 mod sample;
 mod schedule;
+mod train;
 
 use std::process::{Command, Output};
 

@@ -7,6 +7,7 @@
 //! | `mnist:DIR` | MNIST IDX files (raw or `.gz`) in DIR ([`mnist`]) |
 //! | `cifar10:DIR` | CIFAR-10 binary batches in DIR ([`cifar`]) |
 //! | `folder:DIR` | PNG/JPEG images, labels from sub-folders or `label_…` file-name prefixes ([`folder`]) |
+//! | `synthetic:CxS` | random C-channel S×S images with 10 labels, from a seed (benchmarks, smoke tests) |
 
 pub mod cifar;
 pub mod error;
@@ -142,6 +143,13 @@ pub enum DataSpec {
     Cifar10(PathBuf),
     /// An image folder.
     Folder(PathBuf),
+    /// Random images (uniform bytes), `channels × size × size`, 10 labels.
+    Synthetic {
+        /// Channels.
+        channels: usize,
+        /// Side.
+        size: usize,
+    },
 }
 
 impl FromStr for DataSpec {
@@ -166,6 +174,18 @@ impl FromStr for DataSpec {
                 "mnist" => Ok(Self::Mnist(path.into())),
                 "cifar10" => Ok(Self::Cifar10(path.into())),
                 "folder" => Ok(Self::Folder(path.into())),
+                "synthetic" => {
+                    let parsed = path
+                        .split_once('x')
+                        .and_then(|(c, s)| Some((c.parse::<usize>().ok()?, s.parse::<usize>().ok()?)));
+                    match parsed {
+                        Some((c @ (1 | 3), s)) if s > 0 => Ok(Self::Synthetic { channels: c, size: s }),
+                        _ => Err(DataError::InvalidSpec {
+                            spec: s.into(),
+                            reason: "synthetic:CxS needs C = 1 or 3 and S > 0, e.g. synthetic:1x28".into(),
+                        }),
+                    }
+                }
                 _ => Err(bad()),
             };
         }
@@ -193,12 +213,29 @@ pub fn load(spec: &DataSpec, image_size: usize, seed: u64) -> Result<Data, DataE
             } else {
                 Err(DataError::InvalidSpec {
                     spec: "shapes".into(),
-                    reason: format!("shapes are drawn at 32×32 and box-filtered to 16, 8, …; {image_size} does not divide 32"),
+                    reason: format!(
+                        "shapes are drawn at 32×32 and box-filtered to 16, 8, …; {image_size} does not divide 32"
+                    ),
                 })
             }
         }
         DataSpec::Mnist(dir) => mnist::load_dir(dir, true).map(Data::Images),
         DataSpec::Cifar10(dir) => cifar::load_dir(dir, true).map(Data::Images),
         DataSpec::Folder(dir) => folder::load(dir, Some(image_size)).map(Data::Images),
+        DataSpec::Synthetic { channels, size } => {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let n = GENERATED_LEN / 10;
+            let mut pixels = vec![0u8; n * channels * size * size];
+            rng.fill(pixels.as_mut_slice());
+            Ok(Data::Images(ImageSet {
+                pixels,
+                labels: (0..n).map(|i| i % 10).collect(),
+                channels: *channels,
+                size: *size,
+                num_classes: 10,
+                class_names: Vec::new(),
+            }))
+        }
     }
 }

@@ -5,12 +5,19 @@ use diffusion_core::{DiffusionConfig, LossKind, ModelMean, ModelVariance};
 use diffusion_models::checkpoint::{ModelSpec, load_checkpoint};
 use diffusion_train::checkpoint::{list_checkpoints, load_training_checkpoint};
 use diffusion_train::log::read_metrics;
-use diffusion_train::{ProgressStyle, Resume, RunOptions, TimestepSamplerKind, TrainConfig, TrainError, train};
+use diffusion_train::{
+    ProgressStyle, Resume, RunOptions, TimestepSamplerKind, TrainConfig, TrainError, train,
+};
 
 use crate::{cpu, params, temp_dir};
 
 fn opts(dir: &std::path::Path) -> RunOptions {
-    RunOptions { run_dir: dir.to_path_buf(), devices: vec![cpu()], progress: ProgressStyle::Quiet, ..Default::default() }
+    RunOptions {
+        run_dir: dir.to_path_buf(),
+        devices: vec![cpu()],
+        progress: ProgressStyle::Quiet,
+        ..Default::default()
+    }
 }
 
 /// The tiny UNet preset: 8×8 shapes, learned-range Σ, L_hybrid, importance-sampled t, two EMA
@@ -108,7 +115,8 @@ fn corrupt_or_truncated_checkpoints_are_reported_and_skipped() {
     let bytes = std::fs::read(&newest).unwrap();
     // Truncated: an explicit --resume PATH fails and names the file and the problem.
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
-    let err = train(cfg.clone(), RunOptions { resume: Resume::Path(newest.clone()), ..opts(&dir) }).unwrap_err();
+    let err =
+        train(cfg.clone(), RunOptions { resume: Resume::Path(newest.clone()), ..opts(&dir) }).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("step-00000004.ckpt") && msg.contains("truncated"), "{msg}");
     // Bit rot: the checksum catches it.
@@ -244,4 +252,17 @@ fn invalid_configs_name_the_problem() {
     cfg.data = "mnist:/nonexistent/mnist".into();
     let err = train(cfg, opts(&temp_dir("missing"))).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/mnist"), "{err}");
+}
+
+#[test]
+fn every_preset_is_valid() {
+    for name in diffusion_train::config::PRESETS {
+        TrainConfig::preset(name).unwrap().validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in diffusion_train::classifier::CLASSIFIER_PRESETS {
+        diffusion_train::ClassifierConfig::preset(name)
+            .unwrap()
+            .validate()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }
