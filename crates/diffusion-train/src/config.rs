@@ -453,7 +453,8 @@ impl TrainConfig {
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return bad(format!("optim.lr {} must be positive", o.lr));
         }
-        if o.eps.is_nan() || o.eps <= 0.0 || !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
+        if o.eps.is_nan() || o.eps <= 0.0 || !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2)
+        {
             return bad(format!(
                 "optim: eps {} must be > 0 and betas ({}, {}) in [0, 1)",
                 o.eps, o.beta1, o.beta2

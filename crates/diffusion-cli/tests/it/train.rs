@@ -204,3 +204,20 @@ fn bad_training_input_is_a_clear_error() {
     assert_eq!(again, ok(&["train", "--preset", "swissroll", "--print-config", "json"]), "TOML round trip");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// A 2-D run: a scatter of samples over the data at each checkpoint, and the likelihood bound of
+/// held-out points in nats.
+#[test]
+fn point_model_run_scatter_and_nll() {
+    let d = dir("points");
+    let run = d.join("run");
+    ok(&["train", "--preset", "tiny-mlp", "--out", s(&run), "--plain"]);
+    assert!(is_png(&run.join("samples.png")) && is_png(&run.join("loss.png")));
+    let ckpt = run.join("checkpoints/step-00000006.ckpt");
+    let out = ok(&["eval", "nll", "--checkpoint", s(&ckpt), "--data", "swissroll", "--num", "32"]);
+    assert!(out.starts_with("NLL: ") && out.contains("nats/point"), "{out}");
+    let v: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(v.is_finite() && v > 0.0, "{out}");
+    assert!(fails(&["eval", "nll", "--checkpoint", s(&ckpt), "--data", "shapes"]).contains("point set"));
+    std::fs::remove_dir_all(&d).ok();
+}
