@@ -85,7 +85,7 @@ pub struct SampleArgs {
     /// Guidance scale s.
     #[arg(long)]
     pub guidance_scale: Option<f64>,
-    /// Do not clip x̂_0 to [−1, 1].
+    /// Do not clip x̂_0 to [−1, 1] (images; 2-D models are never clipped).
     #[arg(long)]
     pub no_clip: bool,
     #[command(flatten)]
@@ -281,6 +281,8 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
         AnyModel::Mlp(mlp) => {
             let d = process(args, &header.extra, mlp.output.weight.dims()[1], mlp.input.weight.dims()[0])?;
             let m = method(args, &d);
+            // Points are not confined to [−1, 1]: x̂_0 is never clipped for 2-D models.
+            let options = SampleOptions { clip_denoised: false, ..options };
             if args.classifier.is_some() {
                 bail!("classifier guidance needs an image model");
             }

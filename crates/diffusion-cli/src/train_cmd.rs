@@ -41,10 +41,11 @@ pub struct TrainArgs {
     /// mnist:DIR, cifar10:DIR, folder:DIR.
     #[arg(long)]
     pub data: Option<String>,
-    /// Run directory (default: runs/<preset>, or runs/<preset>-N when that one is taken).
+    /// Run directory (default: runs/PRESET, or runs/PRESET-N when that one is taken).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Optimiser steps.
+    /// Optimiser steps (a fresh run whose learning rate anneals to zero at the end keeps
+    /// annealing over the new length).
     #[arg(long)]
     pub steps: Option<u64>,
     /// Examples per step.
@@ -113,6 +114,10 @@ pub fn run(args: &TrainArgs, device: DeviceSpec) -> Result<()> {
         cfg.data = d.clone();
     }
     if let Some(v) = args.steps {
+        // A fresh run whose learning rate anneals over the whole run keeps doing so.
+        if resume == Resume::No && cfg.optim.lr_anneal_steps == cfg.steps {
+            cfg.optim.lr_anneal_steps = v;
+        }
         cfg.steps = v;
     }
     if let Some(v) = args.batch_size {
@@ -248,6 +253,8 @@ fn after_checkpoint(cfg: &TrainConfig, dir: &Path, saved: &SavedCheckpoint, devi
         }
         AnyModel::Mlp(mlp) => {
             let model = |x: Tensor<2>, t: Tensor<1>| mlp.forward(x, t);
+            // Points are not confined to [−1, 1].
+            let options = SampleOptions { clip_denoised: false, ..options };
             let out = sample(&d, &model, &ids, [1, 2], &noise, method, &options, None, device);
             let v = out.sample.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
             let pts: Vec<(f64, f64)> = v.chunks(2).map(|p| (f64::from(p[0]), f64::from(p[1]))).collect();
@@ -334,7 +341,7 @@ pub struct TrainClassifierArgs {
     /// Labelled image data, overriding the config's.
     #[arg(long)]
     pub data: Option<String>,
-    /// Run directory (default: runs/classifier-<preset>[-N]).
+    /// Run directory (default: runs/classifier-PRESET[-N]).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Optimiser steps.

@@ -5,7 +5,7 @@
 //! the timestep-sampler state and the process, and whose sections carry the Learner's three
 //! records: the trainer module (online network + every EMA copy), the optimiser and the LR
 //! scheduler. burn's Learner hands those records to three checkpointers, each on its own thread;
-//! here they meet in [`CheckpointStore`], which writes the file atomically (temporary file, fsync,
+//! here they meet in `CheckpointStore`, which writes the file atomically (temporary file, fsync,
 //! rename) once all three have arrived, then deletes checkpoints beyond `keep_last` — never
 //! before the new one is on disk.
 

@@ -17,7 +17,7 @@ pub enum TimestepSamplerKind {
     /// Uniform over 0..T (weights 1).
     #[default]
     Uniform,
-    /// p_t ∝ √E[L_t²] after every t has 10 losses, uniform before (Nichol & Dhariwal 2021, §3.3).
+    /// p_t ∝ √E\[L_t²\] after every t has 10 losses, uniform before (Nichol & Dhariwal 2021, §3.3).
     LossSecondMoment,
 }
 
@@ -246,7 +246,7 @@ impl TrainConfig {
             "swissroll" | "tiny-mlp" => {
                 let tiny = name == "tiny-mlp";
                 Self {
-                    model: ModelSpec::Mlp(MlpConfig::new().with_hidden(if tiny { 32 } else { 128 })),
+                    model: ModelSpec::Mlp(MlpConfig::new().with_hidden(if tiny { 32 } else { 256 })),
                     process: process(
                         BetaSchedule::Linear { num_timesteps: if tiny { 50 } else { 1000 } },
                         eps,
@@ -258,7 +258,7 @@ impl TrainConfig {
                     class_cond: false,
                     random_flip: false,
                     timestep_sampler: TimestepSamplerKind::Uniform,
-                    steps: if tiny { 6 } else { 3000 },
+                    steps: if tiny { 6 } else { 10_000 },
                     batch_size: if tiny { 16 } else { 256 },
                     microbatch: None,
                     optim: OptimConfig {
@@ -267,7 +267,7 @@ impl TrainConfig {
                         ..Default::default()
                     },
                     ema_rates: vec![if tiny { 0.9 } else { 0.995 }],
-                    checkpoint_every: if tiny { 2 } else { 500 },
+                    checkpoint_every: if tiny { 2 } else { 2500 },
                     keep_last: 3,
                     valid_size: if tiny { 16 } else { 512 },
                     sample: SampleConfig {
