@@ -4,6 +4,10 @@
 //!
 //! `cargo xtask bench core` (or `cargo bench -p diffusion-benches --bench core`).
 
+/// The same allocator as the `diffusion` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use diffusion_core::{BetaSchedule, DiffusionConfig, GaussianDiffusion, LossKind, ModelVariance};

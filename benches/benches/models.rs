@@ -3,6 +3,10 @@
 //!
 //! `cargo xtask bench models` (or `cargo bench -p diffusion-benches --bench models`).
 
+/// The same allocator as the `diffusion` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use burn::tensor::{Device, Distribution, Tensor};

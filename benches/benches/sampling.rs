@@ -4,6 +4,10 @@
 //!
 //! `cargo xtask bench sampling` (or `cargo bench -p diffusion-benches --bench sampling`).
 
+/// The same allocator as the `diffusion` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use burn::tensor::{Device, Tensor};

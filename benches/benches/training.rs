@@ -6,6 +6,10 @@
 //!
 //! `cargo xtask bench training` (or `cargo bench -p diffusion-benches --bench training`).
 
+/// The same allocator as the `diffusion` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 
 use burn::tensor::Device;

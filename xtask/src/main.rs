@@ -5,6 +5,7 @@
 //! cargo xtask ci                                   fmt check, clippy -D warnings, tests, docs
 //! cargo xtask check-gpu                            type-check the wgpu and cuda builds
 //! cargo xtask bench [criterion args…]              run the criterion benches
+//! cargo xtask bench-compare [--only a,b]           ours against PyTorch eager → docs/performance.md
 //! cargo xtask <command> [--backend B] [args…]      build `diffusion` in release mode with backend B
 //!                                                  (cpu | wgpu | vulkan | cuda) and run `diffusion <command> args…`
 //! ```
@@ -36,6 +37,7 @@ fn run(args: &[String]) -> Result<(), String> {
         "bench" => {
             cargo(&[&["bench", "-p", "diffusion-benches", "--benches", "--"][..], &strs(rest)].concat(), &[])
         }
+        "bench-compare" => bench_compare(rest),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             Ok(())
@@ -45,7 +47,7 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask ci | check-gpu | bench [args…] | <diffusion command> [--backend cpu|wgpu|vulkan|cuda] [args…]\n\
+    "usage: cargo xtask ci | check-gpu | bench [args…] | bench-compare [--only CONFIGS] | <diffusion command> [--backend cpu|wgpu|vulkan|cuda] [args…]\n\
      e.g. cargo xtask schedule --schedule cosine --steps 1000 --plot cosine.png"
         .to_string()
 }
@@ -80,6 +82,47 @@ fn ci() -> Result<(), String> {
 fn check_gpu() -> Result<(), String> {
     cargo(&["check", "-p", "diffusion-cli", "--features", "wgpu,vulkan"], &[])?;
     cargo(&["check", "-p", "diffusion-cli", "--features", "cuda"], &[("DOCS_RS", "1")])
+}
+
+/// Builds our side, makes a virtual environment with PyTorch (pip, once, under
+/// `~/.cache/diffusion-rs/bench-venv`; a benchmark dependency, never a test one), and runs
+/// `benches/compare/compare.py`, which writes `docs/performance.md`.
+fn bench_compare(rest: &[String]) -> Result<(), String> {
+    cargo(&["build", "--release", "-p", "diffusion-cli"], &[])?;
+    cargo(&["build", "--release", "-p", "diffusion-benches", "--example", "compare"], &[])?;
+    let target = env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let home = env::var("HOME").map_err(|_| "HOME is not set".to_string())?;
+    let venv = format!("{home}/.cache/diffusion-rs/bench-venv");
+    let python = format!("{venv}/bin/python");
+    let has_torch = Command::new(&python).args(["-c", "import torch"]).status().is_ok_and(|s| s.success());
+    if !has_torch {
+        run_program(&["python3", "-m", "venv", &venv])?;
+        run_program(&[&python, "-m", "pip", "install", "--quiet", "torch"])?;
+    }
+    let ours = format!("{target}/release/examples/compare");
+    let diffusion = format!("{target}/release/diffusion");
+    let mut args = vec![
+        python.as_str(),
+        "benches/compare/compare.py",
+        "--ours",
+        &ours,
+        "--diffusion",
+        &diffusion,
+        "--out",
+        "docs/performance.md",
+    ];
+    args.extend(strs(rest));
+    run_program(&args)
+}
+
+/// Runs a program, failing on a non-zero exit.
+fn run_program(argv: &[&str]) -> Result<(), String> {
+    eprintln!("$ {}", argv.join(" "));
+    let status = Command::new(argv[0])
+        .args(&argv[1..])
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+    if status.success() { Ok(()) } else { Err(format!("`{}` failed ({status})", argv.join(" "))) }
 }
 
 /// `cargo xtask <cmd> [--backend B] args…` → `diffusion <cmd> [--device B] args…`, release build.

@@ -17,6 +17,11 @@ use clap::{Parser, Subcommand};
 
 use crate::device::DeviceSpec;
 
+/// mimalloc instead of glibc's malloc: burn's CPU backend allocates a fresh buffer for every op
+/// output, and glibc returns large ones to the OS (page faults on every step).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Denoising diffusion models on burn.
 #[derive(Debug, Parser)]
 #[command(name = "diffusion", version, about)]
