@@ -97,6 +97,74 @@ pub struct SampleArgs {
     /// Output: `.png` (grid, or scatter for 2-D models) or `.npz`.
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
+    /// Also write the first batch's trajectory as a PNG: for each of its samples (at most 8), a
+    /// row of x_t and a row of x̂_0 every `--record-every` steps.
+    #[arg(long, requires = "record_every")]
+    pub trajectory: Option<PathBuf>,
+    /// Record x_t and x̂_0 every this many steps (with --trajectory).
+    #[arg(long)]
+    pub record_every: Option<usize>,
+}
+
+/// A progress line on stderr at most every two seconds, counting network evaluations.
+struct Progress {
+    start: std::time::Instant,
+    last: std::cell::Cell<f64>,
+    calls: std::cell::Cell<usize>,
+    per_batch: usize,
+    label: String,
+}
+
+impl Progress {
+    fn new(label: String, per_batch: usize) -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last: std::cell::Cell::new(0.0),
+            calls: std::cell::Cell::new(0),
+            per_batch,
+            label,
+        }
+    }
+
+    fn tick(&self) {
+        self.calls.set(self.calls.get() + 1);
+        let now = self.start.elapsed().as_secs_f64();
+        if now - self.last.get() >= 2.0 {
+            self.last.set(now);
+            eprintln!(
+                "{}: network evaluation {}/{} ({:.0} s)",
+                self.label,
+                self.calls.get().min(self.per_batch),
+                self.per_batch,
+                now
+            );
+        }
+    }
+}
+
+/// Rows of x_t and x̂_0 at the recorded steps, for the first `n` samples, as one grid.
+fn save_trajectory(path: &std::path::Path, out: &diffusion_sample::sampler::SampleOutput<4>) -> Result<()> {
+    if out.trajectory.is_empty() {
+        bail!("--trajectory: nothing was recorded (is --record-every larger than the number of steps?)");
+    }
+    let n = out.sample.dims()[0].min(8);
+    let mut tiles = Vec::new();
+    for s in 0..n {
+        for series in [&out.trajectory, &out.pred_x0] {
+            for (_, x) in series.iter() {
+                tiles.push(x.clone().narrow(0, s, 1));
+            }
+        }
+    }
+    let images = to_images(Tensor::cat(tiles, 0));
+    let scale = 64_usize.div_ceil(images.w.max(1)).max(1);
+    diffusion_sample::output::save_grid_png_scaled(path, &images, out.trajectory.len(), scale)?;
+    eprintln!(
+        "wrote {} (rows: x_t then x̂_0 per sample; columns: t = {:?})",
+        path.display(),
+        out.trajectory.iter().map(|(t, _)| *t).collect::<Vec<_>>()
+    );
+    Ok(())
 }
 
 /// `K/N` → the contiguous range of sample ids of shard K.
@@ -210,7 +278,7 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
     let range = shard_range(args.num, args.shard.as_deref())?;
     let all: Vec<u64> = range.collect();
     let noise = NoiseSource::new(args.seed);
-    let options = SampleOptions { clip_denoised: !args.no_clip, record_every: None };
+    let options = SampleOptions { clip_denoised: !args.no_clip, record_every: args.record_every };
     let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if ext != "png" && ext != "npz" {
         bail!("--out {}: the file must end in .png or .npz", args.out.display());
@@ -239,12 +307,23 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
             };
             let mut chunks = Vec::new();
             let mut all_labels = Vec::new();
+            let batches = all.len().div_ceil(args.batch_size.max(1));
+            let evals = d.num_timesteps()
+                * match m {
+                    Method::Langevin { steps_per_level, .. } => steps_per_level + 1,
+                    Method::PredictorCorrector { corrector_steps, .. } => corrector_steps + 1,
+                    _ => 1,
+                };
             for (b, ids) in all.chunks(args.batch_size.max(1)).enumerate() {
+                let progress = Progress::new(format!("batch {}/{batches}", b + 1), evals);
                 let y = labels(args, ids, classes, device);
                 all_labels
                     .extend(y.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default());
                 let cond = (unet.num_classes > 0).then(|| y.clone());
-                let model = |x: Tensor<4>, t: Tensor<1>| forward_unet(&unet, x, t, cond.clone());
+                let model = |x: Tensor<4>, t: Tensor<1>| {
+                    progress.tick();
+                    forward_unet(&unet, x, t, cond.clone())
+                };
                 let g = guidance.as_ref().map(|(c, s)| ClassifierGuidance {
                     classifier: c.clone(),
                     labels: y.clone(),
@@ -262,6 +341,11 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
                     g.as_ref().map(|g| g as &dyn Guidance<4>),
                     device,
                 );
+                if b == 0
+                    && let Some(path) = &args.trajectory
+                {
+                    save_trajectory(path, &out)?;
+                }
                 chunks.push(out.sample);
                 eprintln!(
                     "sampled batch {}/{} ({} images)",

@@ -56,6 +56,27 @@ fn default_run_then_every_sampler_guidance_and_nll() {
         ok(&args);
         assert!(is_png(&out), "{sampler}");
     }
+    // The trajectory of the first batch: x_t and x̂_0 every 2 of 6 steps.
+    let traj = d.join("trajectory.png");
+    let out = crate::diffusion(&[
+        "sample",
+        "--checkpoint",
+        c,
+        "--respace",
+        "6",
+        "--num",
+        "2",
+        "--record-every",
+        "2",
+        "--trajectory",
+        s(&traj),
+        "--out",
+        s(&d.join("t.png")),
+    ]);
+    assert!(out.status.success());
+    assert!(is_png(&traj));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("rows: x_t then x̂_0"), "{msg}");
     let npz = d.join("s.npz");
     ok(&[
         "sample",
