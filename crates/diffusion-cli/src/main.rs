@@ -72,13 +72,19 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    // Training renders burn's dashboard from another thread, which needs stdout: it must not be
+    // locked here for the whole command.
+    match &cli.command {
+        Command::Train(args) => return train_cmd::run(args, cli.device),
+        Command::TrainClassifier(args) => return train_cmd::run_classifier(args, cli.device),
+        _ => {}
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match &cli.command {
+        Command::Train(_) | Command::TrainClassifier(_) => unreachable!("handled above"),
         Command::Schedule(args) => schedule_cmd::run(args, &mut out),
         Command::Model(args) => model_cmd::run(args, &cli.device.device()?, &mut out),
-        Command::Train(args) => train_cmd::run(args, cli.device),
-        Command::TrainClassifier(args) => train_cmd::run_classifier(args, cli.device),
         Command::Sample(args) => sample_cmd::run(args, &cli.device.device()?),
         Command::Eval(cmd) => eval_cmd::run(cmd, &cli.device.device()?, &mut out),
         Command::Interpolate(args) => latent_cmd::interpolate(args, &cli.device.device()?),
