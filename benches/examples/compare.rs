@@ -184,6 +184,7 @@ fn main() {
     println!("{{{}}}", out.join(", "));
 }
 
+/// The compute threads burn's CPU backend uses (rayon's pool); PyTorch is given as many.
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    rayon::current_num_threads()
 }

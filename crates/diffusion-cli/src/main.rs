@@ -56,7 +56,40 @@ enum Command {
     Devices,
 }
 
+/// Physical cores (distinct `physical id`/`core id` pairs of /proc/cpuinfo), when known.
+fn physical_cores() -> Option<usize> {
+    count_physical_cores(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
+/// Distinct (`physical id`, `core id`) pairs in a /proc/cpuinfo text.
+fn count_physical_cores(info: &str) -> Option<usize> {
+    let mut cores = std::collections::BTreeSet::new();
+    let (mut package, mut core) = (None, None);
+    for line in info.lines().chain(std::iter::once("")) {
+        if line.trim().is_empty() {
+            if let (Some(p), Some(c)) = (package.take(), core.take()) {
+                cores.insert((p, c));
+            }
+            continue;
+        }
+        let (key, value) = line.split_once(':').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((line, ""));
+        match key {
+            "physical id" => package = Some(value.to_string()),
+            "core id" => core = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
 fn main() {
+    // One compute thread per physical core (SMT siblings share the FMA units GEMM needs), unless
+    // RAYON_NUM_THREADS says otherwise.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && let Some(n) = physical_cores()
+    {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
     if let Err(err) = run() {
         // A closed pipe (`diffusion schedule | head`) is the reader's choice, not an error.
         let broken_pipe = err.chain().any(|e| {
@@ -100,11 +133,37 @@ fn run() -> Result<()> {
             .filter_map(|(n, on)| on.then_some(n))
             .collect();
             writeln!(out, "compiled backends: {}", features.join(", "))?;
+            writeln!(
+                out,
+                "CPU compute threads: {} (physical cores: {})",
+                rayon::current_num_threads(),
+                physical_cores().map(|n| n.to_string()).unwrap_or_else(|| "unknown".into())
+            )?;
             let device = cli.device.device()?;
             let x = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
             let sum: f32 = x.sum().into_scalar();
             writeln!(out, "{}: {device:?} ok (1 + 2 + 3 = {sum})", cli.device)?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_physical_cores;
+
+    #[test]
+    fn smt_siblings_count_once() {
+        // Two packages, two cores each, two hardware threads per core.
+        let mut info = String::new();
+        for p in 0..2 {
+            for c in 0..2 {
+                for _ in 0..2 {
+                    info.push_str(&format!("processor\t: x\nphysical id\t: {p}\ncore id\t\t: {c}\n\n"));
+                }
+            }
+        }
+        assert_eq!(count_physical_cores(&info), Some(4));
+        assert_eq!(count_physical_cores("processor : 0\n"), None);
     }
 }
