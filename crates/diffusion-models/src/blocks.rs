@@ -301,7 +301,7 @@ impl ResBlock {
     /// # Shapes
     /// `x: [B, C, H, W]`, `emb: [B, E]` → `[B, C_out, H', W']` (H' = 2H up, H/2 down).
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
-        let h = silu(self.in_layers.norm.forward(x.clone()));
+        let h = crate::ops::norm_scale_shift_silu(&self.in_layers.norm, x.clone(), None, true);
         let (h, x) = match self.resample {
             Resample::None => (h, x),
             r => (r.apply(h), r.apply(x)),
@@ -315,12 +315,12 @@ impl ResBlock {
             let mut parts = emb_out.chunk(2, 1);
             let shift = parts.pop().expect("2 parts");
             let scale = parts.pop().expect("2 parts");
-            let h = self.out_layers.norm.forward(h) * scale.add_scalar(1.0) + shift;
-            self.out_layers.conv.forward(self.out_layers.dropout.forward(silu(h)))
+            let h = crate::ops::norm_scale_shift_silu(&self.out_layers.norm, h, Some((scale, shift)), true);
+            self.out_layers.conv.forward(self.out_layers.dropout.forward(h))
         } else {
             debug_assert_eq!(e, c);
-            let h = self.out_layers.norm.forward(h + emb_out);
-            self.out_layers.conv.forward(self.out_layers.dropout.forward(silu(h)))
+            let h = crate::ops::norm_scale_shift_silu(&self.out_layers.norm, h + emb_out, None, true);
+            self.out_layers.conv.forward(self.out_layers.dropout.forward(h))
         };
         let skip = match &self.skip_connection {
             Some(conv) => conv.forward(x),

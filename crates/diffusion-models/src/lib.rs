@@ -30,6 +30,7 @@ pub mod embedding;
 pub mod error;
 pub mod mlp;
 pub mod openai;
+pub mod ops;
 pub mod summary;
 pub mod unet;
 

@@ -7,6 +7,7 @@
 
 mod blocks;
 mod networks;
+mod ops;
 mod reference;
 
 use burn::tensor::{Device, Tensor, TensorData};
