@@ -97,6 +97,10 @@ pub struct SampleArgs {
     /// Output: `.png` (grid, or scatter for 2-D models) or `.npz`.
     #[arg(long, default_value = "samples.png")]
     pub out: PathBuf,
+    /// Also write every image as its own PNG into this folder (`<sample id>.png`, ids as with
+    /// --shard, so shards fill one folder).
+    #[arg(long)]
+    pub each: Option<PathBuf>,
     /// Also write the first batch's trajectory as a PNG: for each of its samples (at most 8), a
     /// row of x_t and a row of x̂_0 every `--record-every` steps.
     #[arg(long, requires = "record_every")]
@@ -355,6 +359,13 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
                 );
             }
             let images = to_images(Tensor::cat(chunks, 0));
+            if let Some(dir) = &args.each {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                for (k, id) in all.iter().enumerate() {
+                    save_grid_png(&dir.join(format!("{id:06}.png")), &images.one(k), 1)?;
+                }
+                eprintln!("wrote {} single images into {}", images.n, dir.display());
+            }
             if ext == "npz" {
                 save_npz(&args.out, &images, Some(&all_labels))?;
             } else {

@@ -21,6 +21,14 @@ pub struct Images {
     pub c: usize,
 }
 
+impl Images {
+    /// Image `i` alone.
+    pub fn one(&self, i: usize) -> Images {
+        let len = self.h * self.w * self.c;
+        Images { data: self.data[i * len..(i + 1) * len].to_vec(), n: 1, h: self.h, w: self.w, c: self.c }
+    }
+}
+
 /// Converts samples in [−1, 1] to bytes the reference's way: `((x + 1) · 127.5).clamp(0, 255)`,
 /// truncated to `u8` (`.to(torch.uint8)`).
 ///

@@ -77,6 +77,26 @@ fn default_run_then_every_sampler_guidance_and_nll() {
     assert!(is_png(&traj));
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("rows: x_t then x̂_0"), "{msg}");
+    // One PNG per sample, named by sample id (so shards fill one folder).
+    let each = d.join("each");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        c,
+        "--respace",
+        "4",
+        "--num",
+        "3",
+        "--shard",
+        "0/1",
+        "--each",
+        s(&each),
+        "--out",
+        s(&d.join("e.png")),
+    ]);
+    for id in 0..3 {
+        assert!(is_png(&each.join(format!("{id:06}.png"))), "image {id}");
+    }
     let npz = d.join("s.npz");
     ok(&[
         "sample",
