@@ -160,8 +160,10 @@ impl AttentionBlock {
     /// `[B, C, H, W] → [B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
+        let normed =
+            crate::ops::norm_scale_shift_silu(&self.norm, x.clone(), None, false).reshape([b, c, h * w]);
         let x = x.reshape([b, c, h * w]);
-        let qkv = self.qkv.forward(self.norm.forward(x.clone()));
+        let qkv = self.qkv.forward(normed);
         let a = qkv_attention(qkv, self.num_heads, self.order);
         (x + self.proj_out.forward(a)).reshape([b, c, h, w])
     }
