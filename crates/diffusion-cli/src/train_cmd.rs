@@ -78,6 +78,15 @@ pub struct TrainArgs {
     pub print_config: Option<ConfigFormat>,
 }
 
+/// `--resume`: absent (fresh), `auto`, or a checkpoint file.
+fn parse_resume(arg: Option<&str>) -> Resume {
+    match arg {
+        None => Resume::No,
+        Some("auto") => Resume::Auto,
+        Some(p) => Resume::Path(PathBuf::from(p)),
+    }
+}
+
 fn pick_out_dir(name: &str) -> PathBuf {
     let base = PathBuf::from("runs");
     let taken = |p: &Path| p.join("checkpoints").read_dir().is_ok_and(|mut d| d.next().is_some());
@@ -90,11 +99,7 @@ fn pick_out_dir(name: &str) -> PathBuf {
 
 /// Runs the command.
 pub fn run(args: &TrainArgs, device: DeviceSpec) -> Result<()> {
-    let resume = match args.resume.as_deref() {
-        None => Resume::No,
-        Some("auto") => Resume::Auto,
-        Some(p) => Resume::Path(PathBuf::from(p)),
-    };
+    let resume = parse_resume(args.resume.as_deref());
     // The config: a file, a preset, or (resuming a run directory) the run's own.
     let preset_name = args.preset.clone().unwrap_or_else(|| "default".into());
     let saved_config = args.out.as_ref().map(|o| o.join("config.json")).filter(|p| p.exists());
@@ -364,11 +369,7 @@ pub struct TrainClassifierArgs {
 /// Runs `diffusion train-classifier`.
 pub fn run_classifier(args: &TrainClassifierArgs, device: DeviceSpec) -> Result<()> {
     use diffusion_train::ClassifierConfig;
-    let resume = match args.resume.as_deref() {
-        None => Resume::No,
-        Some("auto") => Resume::Auto,
-        Some(p) => Resume::Path(PathBuf::from(p)),
-    };
+    let resume = parse_resume(args.resume.as_deref());
     let preset = args.preset.clone().unwrap_or_else(|| "shapes".into());
     let saved = args.out.as_ref().map(|o| o.join("config.json")).filter(|p| p.exists());
     let mut cfg: ClassifierConfig = match (&args.config, &args.preset, &resume, &saved) {

@@ -10,11 +10,10 @@ use std::time::Instant;
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Int, Tensor, TensorData};
-use burn::train::metric::LossMetric;
-use burn::train::{InferenceStep, Interrupter, Learner, SupervisedTraining, TrainOutput, TrainStep};
+use burn::train::{InferenceStep, Interrupter, Learner, TrainOutput, TrainStep};
 use diffusion_core::ProcessSpec;
 use diffusion_models::checkpoint::{ModelSpec, save_checkpoint_with_sections, write_atomic};
 use diffusion_models::{EncoderUNet, EncoderUNetConfig, UNetConfig};
@@ -22,16 +21,15 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    CheckpointStore, EveryEpoch, Part, WriteFn, ckpt_err, latest_valid, list_checkpoints, load_parts,
-    training_extra,
+    CheckpointStore, WriteFn, ckpt_err, latest_valid, list_checkpoints, load_parts, training_extra,
 };
 use crate::config::OptimConfig;
 use crate::data::{Data, DataSpec, load};
 use crate::error::{Result, TrainError};
 use crate::loader::{Batch, BatchPlan, Examples, TrainLoader, ValidLoader, tag};
-use crate::log::{QuietRenderer, RunLog, RunLogMetric};
+use crate::log::RunLog;
 use crate::lr::DiffusionLr;
-use crate::run::{ProgressStyle, Resume, RunOptions};
+use crate::run::{Launch, Resume, RunOptions, adamw, launch, outcome};
 use crate::trainer::{SamplerState, Shared, StepOutput, StepRecord};
 
 /// A classifier run.
@@ -303,13 +301,7 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
     std::fs::create_dir_all(&ckpt_dir).map_err(|source| TrainError::Io { path: ckpt_dir.clone(), source })?;
     let resume: Option<(u64, usize, [Vec<u8>; 3])> = match &opts.resume {
         Resume::No => {
-            if let Some((_, p)) = list_checkpoints(&ckpt_dir).last() {
-                return Err(TrainError::Resume(format!(
-                    "{} already holds checkpoints (newest {}); pass --resume auto to continue it, or choose another --out",
-                    run_dir.display(),
-                    p.display()
-                )));
-            }
+            crate::run::refuse_existing(&run_dir, &ckpt_dir)?;
             None
         }
         Resume::Auto | Resume::Path(_) => {
@@ -403,19 +395,8 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
     ad.seed(cfg.seed);
     let trainer =
         ClassifierTrainer { net: cfg.model.try_init(&ad)?, shared: shared.clone(), noised: cfg.noised };
-    let o = &cfg.optim;
-    let optim = AdamWConfig::new()
-        .with_beta_1(o.beta1 as f32)
-        .with_beta_2(o.beta2 as f32)
-        .with_epsilon(o.eps as f32)
-        .with_weight_decay(o.weight_decay as f32)
-        .init();
-    let learner = Learner::new(trainer, optim, DiffusionLr::new(o));
-    let plain = match opts.progress {
-        ProgressStyle::Auto => !std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        ProgressStyle::Plain => true,
-        ProgressStyle::Quiet => false,
-    };
+    let learner = Learner::new(trainer, adamw(&cfg.optim), DiffusionLr::new(&cfg.optim));
+    let plain = opts.progress.plain();
     let log = Arc::new(RunLog::open(&run_dir, resume.as_ref().map(|r| r.0), cfg.steps, plain)?);
     let store = Arc::new(CheckpointStore::new(
         ckpt_dir.clone(),
@@ -425,46 +406,23 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
         resume.map(|(step, epoch, parts)| (epoch, step, parts)),
         opts.on_checkpoint.clone(),
     ));
-    let mut training = SupervisedTraining::new(
-        run_dir.join("burn"),
-        Arc::new(TrainLoader::new(train_set, plan, ad.clone(), start_epoch + 1)),
-        Arc::new(ValidLoader::new(&valid_set, num_t, valid.max(1), plan, device.clone(), start_epoch + 1)),
-    )
-    .metrics((LossMetric::new(),))
-    .metric_train(RunLogMetric::new(log.clone()))
-    .metric_valid(RunLogMetric::new(log.clone()))
-    .with_custom_checkpointers(
-        Part::trainer(store.clone()),
-        Part::optimizer(store.clone()),
-        Part::scheduler(store.clone()),
-    )
-    .with_checkpointing_strategy(EveryEpoch)
-    .with_application_logger(None)
-    .with_interrupter(interrupter)
-    .num_epochs(plan.epochs());
-    if start_epoch > 0 {
-        training = training.checkpoint(start_epoch);
-    }
-    if cfg.batch_size / micro > 1 {
-        training = training.grads_accumulation(cfg.batch_size / micro);
-    }
-    if opts.progress != ProgressStyle::Auto || plain {
-        training = training.renderer(Box::new(QuietRenderer));
-    }
-    let result = training.launch(learner);
-    log.flush();
+    let result = launch(
+        &opts,
+        Launch {
+            plan,
+            start_epoch,
+            micro_per_step: cfg.batch_size / micro,
+            plain,
+            log,
+            store: store.clone(),
+            interrupter,
+        },
+        learner,
+        TrainLoader::new(train_set, plan, ad.clone(), start_epoch + 1),
+        ValidLoader::new(&valid_set, num_t, valid.max(1), plan, device.clone(), start_epoch + 1),
+    );
     let last_step = *store.last_step.lock().expect("last step");
-    if let Some(f) = shared.failure.lock().expect("failure lock").take() {
-        return Err(TrainError::NonFinite {
-            step: f.step,
-            micro: f.micro,
-            detail: f.detail,
-            last_checkpoint: last_step,
-        });
-    }
-    if let Some(e) = result.error {
-        return Err(TrainError::Learner(e.to_string()));
-    }
+    outcome(&shared, last_step, result.error)?;
     let rows = crate::log::read_metrics(&run_dir.join("metrics.csv")).unwrap_or_default();
     let final_accuracy =
         rows.iter().rev().find(|r| r.split == "valid").map(|r| r.accuracy).filter(|a| a.is_finite());

@@ -5,10 +5,13 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use burn::optim::AdamWConfig;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::Device;
 use burn::train::metric::LossMetric;
-use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
+use burn::train::{
+    ExecutionStrategy, InferenceStep, Interrupter, Learner, LearnerModel, LearningResult, MultiDeviceOptim,
+    SupervisedTraining, TrainStep,
+};
 use diffusion_models::checkpoint::ModelSpec;
 use diffusion_models::checkpoint::write_atomic;
 
@@ -16,13 +19,13 @@ use crate::checkpoint::{
     CheckpointHook, CheckpointStore, EveryEpoch, LoadedCheckpoint, Part, diffusion_writer,
     latest_valid_checkpoint, load_training_checkpoint,
 };
-use crate::config::TrainConfig;
+use crate::config::{OptimConfig, TrainConfig};
 use crate::data::{Data, DataSpec, load};
 use crate::error::{Result, TrainError};
-use crate::loader::{BatchPlan, Examples, TrainLoader, ValidLoader};
+use crate::loader::{Batch, BatchPlan, Examples, TrainLoader, ValidLoader};
 use crate::log::{QuietRenderer, RunLog, RunLogMetric};
 use crate::lr::DiffusionLr;
-use crate::trainer::{DiffusionTrainer, Net, SamplerState, Shared};
+use crate::trainer::{DiffusionTrainer, Net, SamplerState, Shared, StepOutput};
 
 /// Where a run starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -46,6 +49,17 @@ pub enum ProgressStyle {
     Plain,
     /// Nothing (tests).
     Quiet,
+}
+
+impl ProgressStyle {
+    /// Whether progress goes out as plain lines (no terminal for burn's TUI, or asked for).
+    pub fn plain(self) -> bool {
+        match self {
+            Self::Auto => !std::io::stdout().is_terminal(),
+            Self::Plain => true,
+            Self::Quiet => false,
+        }
+    }
 }
 
 /// How to run (as opposed to what to train, which is the [`TrainConfig`]).
@@ -164,14 +178,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
     // Where to start.
     let resume: Option<LoadedCheckpoint> = match &opts.resume {
         Resume::No => {
-            let existing = crate::checkpoint::list_checkpoints(&ckpt_dir);
-            if let Some((_, p)) = existing.last() {
-                return Err(TrainError::Resume(format!(
-                    "{} already holds checkpoints (newest {}); pass --resume auto to continue it, or choose another --out",
-                    run_dir.display(),
-                    p.display()
-                )));
-            }
+            refuse_existing(&run_dir, &ckpt_dir)?;
             None
         }
         Resume::Auto => {
@@ -259,20 +266,9 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
 
     let ad = if device.is_autodiff() { device.clone() } else { device.clone().autodiff() };
     let trainer = DiffusionTrainer::new(&cfg, &ad, shared.clone())?;
-    let o = &cfg.optim;
-    let optim = AdamWConfig::new()
-        .with_beta_1(o.beta1 as f32)
-        .with_beta_2(o.beta2 as f32)
-        .with_epsilon(o.eps as f32)
-        .with_weight_decay(o.weight_decay as f32)
-        .init();
-    let learner = Learner::new(trainer, optim, DiffusionLr::new(o));
+    let learner = Learner::new(trainer, adamw(&cfg.optim), DiffusionLr::new(&cfg.optim));
 
-    let plain = match opts.progress {
-        ProgressStyle::Auto => !std::io::stdout().is_terminal(),
-        ProgressStyle::Plain => true,
-        ProgressStyle::Quiet => false,
-    };
+    let plain = opts.progress.plain();
     let log = Arc::new(RunLog::open(&run_dir, resume.as_ref().map(|r| r.state.step), cfg.steps, plain)?);
     let train_loader = TrainLoader::new(train_set, plan, ad.clone(), start_epoch + 1);
     let valid_loader = ValidLoader::new(
@@ -293,50 +289,24 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         resume_parts,
         opts.on_checkpoint.clone(),
     ));
-    let mut training =
-        SupervisedTraining::new(run_dir.join("burn"), Arc::new(train_loader), Arc::new(valid_loader))
-            .metrics((LossMetric::new(),))
-            .metric_train(RunLogMetric::new(log.clone()))
-            .metric_valid(RunLogMetric::new(log.clone()))
-            .with_custom_checkpointers(
-                Part::trainer(store.clone()),
-                Part::optimizer(store.clone()),
-                Part::scheduler(store.clone()),
-            )
-            .with_checkpointing_strategy(EveryEpoch)
-            .with_application_logger(None)
-            .with_interrupter(interrupter.clone())
-            .num_epochs(plan.epochs());
-    if start_epoch > 0 {
-        training = training.checkpoint(start_epoch);
-    }
-    if cfg.micro_per_step() > 1 {
-        training = training.grads_accumulation(cfg.micro_per_step());
-    }
-    if opts.progress != ProgressStyle::Auto || plain {
-        training = training.renderer(Box::new(QuietRenderer));
-    }
-    if opts.devices.len() > 1 {
-        training = training.with_training_strategy(
-            ExecutionStrategy::MultiDevice(opts.devices.clone(), MultiDeviceOptim::OptimMainDevice).into(),
-        );
-    }
-    let result = training.launch(learner);
-    log.flush();
+    let result = launch(
+        &opts,
+        Launch {
+            plan,
+            start_epoch,
+            micro_per_step: cfg.micro_per_step(),
+            plain,
+            log,
+            store: store.clone(),
+            interrupter,
+        },
+        learner,
+        train_loader,
+        valid_loader,
+    );
     let last_step = *store.last_step.lock().expect("last step");
     let last_checkpoint = crate::checkpoint::list_checkpoints(&ckpt_dir).pop().map(|(_, p)| p);
-
-    if let Some(f) = shared.failure.lock().expect("failure lock").take() {
-        return Err(TrainError::NonFinite {
-            step: f.step,
-            micro: f.micro,
-            detail: f.detail,
-            last_checkpoint: last_step,
-        });
-    }
-    if let Some(e) = result.error {
-        return Err(TrainError::Learner(e.to_string()));
-    }
+    outcome(&shared, last_step, result.error)?;
     let model = result.model;
     Ok(RunSummary {
         steps_done: last_step.max(start_step),
@@ -352,4 +322,105 @@ fn rebuild(cfg: &TrainConfig, ckpt: &LoadedCheckpoint, device: &Device) -> Resul
     let nets = crate::checkpoint::TrainerNets::new(cfg, device)?;
     let nets = nets.load_from_checkpoint(ckpt)?;
     Ok(nets)
+}
+
+/// Refuses a fresh run in a directory that already holds checkpoints (it would lose them).
+pub(crate) fn refuse_existing(run_dir: &Path, ckpt_dir: &Path) -> Result<()> {
+    match crate::checkpoint::list_checkpoints(ckpt_dir).last() {
+        Some((_, p)) => Err(TrainError::Resume(format!(
+            "{} already holds checkpoints (newest {}); pass --resume auto to continue it, or choose another --out",
+            run_dir.display(),
+            p.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// AdamW with the run's settings.
+pub(crate) fn adamw(o: &OptimConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_beta_1(o.beta1 as f32)
+        .with_beta_2(o.beta2 as f32)
+        .with_epsilon(o.eps as f32)
+        .with_weight_decay(o.weight_decay as f32)
+        .init()
+}
+
+/// What both trainers (diffusion, classifier) hand to burn's `SupervisedTraining`.
+pub(crate) struct Launch {
+    pub plan: BatchPlan,
+    /// The Learner epoch the run resumes after (0: fresh).
+    pub start_epoch: usize,
+    pub micro_per_step: usize,
+    pub plain: bool,
+    pub log: Arc<RunLog>,
+    pub store: Arc<CheckpointStore>,
+    pub interrupter: Interrupter,
+}
+
+/// Runs the Learner: our metrics, the joined checkpointers, resume, gradient accumulation, the
+/// renderer, and burn's multi-device strategy for several devices.
+pub(crate) fn launch<M>(
+    opts: &RunOptions,
+    l: Launch,
+    learner: Learner<M>,
+    train: TrainLoader,
+    valid: ValidLoader,
+) -> LearningResult<M>
+where
+    M: LearnerModel
+        + TrainStep<Input = Batch, Output = StepOutput>
+        + InferenceStep<Input = Batch, Output = StepOutput>,
+{
+    let mut training = SupervisedTraining::new(opts.run_dir.join("burn"), Arc::new(train), Arc::new(valid))
+        .metrics((LossMetric::new(),))
+        .metric_train(RunLogMetric::new(l.log.clone()))
+        .metric_valid(RunLogMetric::new(l.log.clone()))
+        .with_custom_checkpointers(
+            Part::trainer(l.store.clone()),
+            Part::optimizer(l.store.clone()),
+            Part::scheduler(l.store.clone()),
+        )
+        .with_checkpointing_strategy(EveryEpoch)
+        .with_application_logger(None)
+        .with_interrupter(l.interrupter)
+        .num_epochs(l.plan.epochs());
+    if l.start_epoch > 0 {
+        training = training.checkpoint(l.start_epoch);
+    }
+    if l.micro_per_step > 1 {
+        training = training.grads_accumulation(l.micro_per_step);
+    }
+    if opts.progress != ProgressStyle::Auto || l.plain {
+        training = training.renderer(Box::new(QuietRenderer));
+    }
+    if opts.devices.len() > 1 {
+        training = training.with_training_strategy(
+            ExecutionStrategy::MultiDevice(opts.devices.clone(), MultiDeviceOptim::OptimMainDevice).into(),
+        );
+    }
+    let result = training.launch(learner);
+    l.log.flush();
+    result
+}
+
+/// The run's error, if it failed: a non-finite loss (with the newest checkpoint on disk) or an
+/// error of the Learner.
+pub(crate) fn outcome(
+    shared: &Shared,
+    last_step: u64,
+    error: Option<Arc<burn::train::TrainingError>>,
+) -> Result<()> {
+    if let Some(f) = shared.failure.lock().expect("failure lock").take() {
+        return Err(TrainError::NonFinite {
+            step: f.step,
+            micro: f.micro,
+            detail: f.detail,
+            last_checkpoint: last_step,
+        });
+    }
+    match error {
+        Some(e) => Err(TrainError::Learner(e.to_string())),
+        None => Ok(()),
+    }
 }

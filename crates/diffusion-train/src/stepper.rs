@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use burn::train::{Interrupter, TrainStep};
 
@@ -62,14 +62,8 @@ impl Stepper {
             .filter_map(|b| b.ok())
             .take(num_batches.max(1))
             .collect();
-        let o = &cfg.optim;
-        let optim = AdamWConfig::new()
-            .with_beta_1(o.beta1 as f32)
-            .with_beta_2(o.beta2 as f32)
-            .with_epsilon(o.eps as f32)
-            .with_weight_decay(o.weight_decay as f32)
-            .init();
-        Ok(Self { trainer: Some(trainer), optim, lr: o.lr, batches, next: 0 })
+        let optim = crate::run::adamw(&cfg.optim);
+        Ok(Self { trainer: Some(trainer), optim, lr: cfg.optim.lr, batches, next: 0 })
     }
 
     /// One optimiser step (forward, loss, backward, clipping, AdamW, EMA) on the next batch;
