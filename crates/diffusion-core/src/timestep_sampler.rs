@@ -19,15 +19,14 @@ pub struct TimestepBatch {
     pub weights: Vec<f64>,
 }
 
-/// A distribution over timesteps.
-pub trait TimestepSampler {
-    /// Unnormalised, positive weights, one per timestep.
-    fn weights(&self) -> Vec<f64>;
+/// The normalised distribution and its cumulative sums, for inverse-CDF draws.
+struct Cdf {
+    p: Vec<f64>,
+    cdf: Vec<f64>,
+}
 
-    /// Draws `batch_size` timesteps from p = w/Σw (inverse-CDF sampling, like `numpy.random.choice`)
-    /// with weights 1/(T·p_t).
-    fn sample(&self, batch_size: usize, rng: &mut dyn RngCore) -> TimestepBatch {
-        let w = self.weights();
+impl Cdf {
+    fn new(w: &[f64]) -> Self {
         let total: f64 = w.iter().sum();
         let p: Vec<f64> = w.iter().map(|x| x / total).collect();
         let mut cdf = Vec::with_capacity(p.len());
@@ -36,17 +35,49 @@ pub trait TimestepSampler {
             acc += x;
             cdf.push(acc);
         }
-        let last = *cdf.last().expect("a sampler has at least one timestep");
-        let n = p.len();
-        let mut timesteps = Vec::with_capacity(batch_size);
-        let mut weights = Vec::with_capacity(batch_size);
+        Self { p, cdf }
+    }
+
+    /// One draw (like `numpy.random.choice`) with its weight 1/(T·p_t).
+    fn draw(&self, rng: &mut dyn RngCore, out: &mut TimestepBatch) {
+        let last = *self.cdf.last().expect("a sampler has at least one timestep");
+        let n = self.p.len();
+        let u: f64 = rng.random::<f64>() * last;
+        let idx = self.cdf.partition_point(|&c| c <= u).min(n - 1);
+        out.timesteps.push(idx);
+        out.weights.push(1.0 / (n as f64 * self.p[idx]));
+    }
+}
+
+/// A distribution over timesteps.
+pub trait TimestepSampler {
+    /// Unnormalised, positive weights, one per timestep.
+    fn weights(&self) -> Vec<f64>;
+
+    /// Draws `batch_size` timesteps from p = w/Σw (inverse-CDF sampling, like `numpy.random.choice`)
+    /// with weights 1/(T·p_t).
+    fn sample(&self, batch_size: usize, rng: &mut dyn RngCore) -> TimestepBatch {
+        let cdf = Cdf::new(&self.weights());
+        let mut out = TimestepBatch {
+            timesteps: Vec::with_capacity(batch_size),
+            weights: Vec::with_capacity(batch_size),
+        };
         for _ in 0..batch_size {
-            let u: f64 = rng.random::<f64>() * last;
-            let idx = cdf.partition_point(|&c| c <= u).min(n - 1);
-            timesteps.push(idx);
-            weights.push(1.0 / (n as f64 * p[idx]));
+            cdf.draw(rng, &mut out);
         }
-        TimestepBatch { timesteps, weights }
+        out
+    }
+
+    /// One timestep from each of `rngs` (e.g. one stream per example, so that a draw does not
+    /// depend on the batching); the same draws as [`Self::sample`]`(1, rng)` for each, with the
+    /// weights computed once.
+    fn sample_each(&self, rngs: &mut dyn Iterator<Item = &mut dyn RngCore>) -> TimestepBatch {
+        let cdf = Cdf::new(&self.weights());
+        let mut out = TimestepBatch { timesteps: Vec::new(), weights: Vec::new() };
+        for rng in rngs {
+            cdf.draw(rng, &mut out);
+        }
+        out
     }
 
     /// Feeds the per-sample losses of a batch (no-op for samplers that do not learn).
@@ -206,6 +237,26 @@ impl TimestepSampler for LossSecondMomentSampler {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn sample_each_draws_what_sample_draws_from_each_stream() {
+        let mut s = LossSecondMomentSampler::with_settings(5, 1, 0.1).unwrap();
+        s.update(&[0, 1, 2, 3, 4], &[0.5, 1.0, 4.0, 2.0, 0.1]).unwrap();
+        let streams = || (0..16u64).map(rand_chacha::ChaCha8Rng::seed_from_u64).collect::<Vec<_>>();
+        let mut each = streams();
+        let mut it = each.iter_mut().map(|r| r as &mut dyn RngCore);
+        let got = s.sample_each(&mut it);
+        let mut one = streams();
+        let (mut ts, mut ws) = (Vec::new(), Vec::new());
+        for r in one.iter_mut() {
+            let b = s.sample(1, r);
+            ts.push(b.timesteps[0]);
+            ws.push(b.weights[0]);
+        }
+        assert_eq!(got.timesteps, ts);
+        assert_eq!(got.weights, ws);
+        assert!(ts.iter().any(|&t| t != ts[0]), "16 draws over 5 timesteps vary");
+    }
 
     #[test]
     fn uniform_until_warm_then_second_moment() {

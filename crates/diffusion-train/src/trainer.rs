@@ -241,15 +241,11 @@ impl DiffusionTrainer {
             None => {
                 // One draw per example, keyed by its global position: the same example gets the
                 // same t whatever the microbatching.
-                let mut sampler = shared.sampler.lock().expect("sampler lock");
-                let s = sampler.as_sampler();
-                let (mut ts, mut ws) = (Vec::with_capacity(n), Vec::with_capacity(n));
-                for &g in &batch.ids {
-                    let tb = s.sample(1, &mut shared.noise.rng(tag::TIMESTEPS, g) as &mut dyn RngCore);
-                    ts.push(tb.timesteps[0]);
-                    ws.push(tb.weights[0]);
-                }
-                (ts, ws)
+                let mut rngs: Vec<_> =
+                    batch.ids.iter().map(|&g| shared.noise.rng(tag::TIMESTEPS, g)).collect();
+                let mut each = rngs.iter_mut().map(|r| r as &mut dyn RngCore);
+                let tb = shared.sampler.lock().expect("sampler lock").as_sampler().sample_each(&mut each);
+                (tb.timesteps, tb.weights)
             }
         };
         if train && shared.dropout {
