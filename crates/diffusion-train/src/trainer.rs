@@ -350,16 +350,20 @@ impl Adaptor<Arc<StepRecord>> for StepOutput {
     }
 }
 
+/// Sums the squared gradients on the device; one read-back for the whole module.
 struct GradNorm<'a> {
     grads: &'a GradientsParams,
-    sum: f64,
+    sum: Option<Tensor<1>>,
 }
 
 impl ModuleVisitor for GradNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s: f64 = (g.clone() * g).sum().into_scalar::<f32>().into();
-            self.sum += s;
+            let s = (g.clone() * g).sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
         }
     }
 }
@@ -379,9 +383,9 @@ impl ModuleVisitor for ScaleGrads<'_> {
 
 /// Global L2 norm of the gradients of `module`'s parameters.
 pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
-    let mut v = GradNorm { grads, sum: 0.0 };
+    let mut v = GradNorm { grads, sum: None };
     module.visit(&mut v);
-    v.sum.sqrt()
+    v.sum.map(|s| f64::from(s.into_scalar::<f32>()).sqrt()).unwrap_or(0.0)
 }
 
 /// Scales every gradient of `module` so that the global norm is at most `max_norm` (PyTorch's
