@@ -163,9 +163,9 @@ impl AttentionBlock {
         let normed =
             crate::ops::norm_scale_shift_silu(&self.norm, x.clone(), None, false).reshape([b, c, h * w]);
         let x = x.reshape([b, c, h * w]);
-        let qkv = self.qkv.forward(normed);
+        let qkv = crate::ops::conv1d(&self.qkv, normed);
         let a = qkv_attention(qkv, self.num_heads, self.order);
-        (x + self.proj_out.forward(a)).reshape([b, c, h, w])
+        (x + crate::ops::conv1d(&self.proj_out, a)).reshape([b, c, h, w])
     }
 }
 
@@ -308,7 +308,7 @@ impl ResBlock {
             Resample::None => (h, x),
             r => (r.apply(h), r.apply(x)),
         };
-        let h = self.in_layers.conv.forward(h);
+        let h = crate::ops::conv2d(&self.in_layers.conv, h);
         let [b, c, _, _] = h.dims();
         let emb_out = self.emb_layers.linear.forward(silu(emb));
         let e = emb_out.dims()[1];
@@ -318,14 +318,14 @@ impl ResBlock {
             let shift = parts.pop().expect("2 parts");
             let scale = parts.pop().expect("2 parts");
             let h = crate::ops::norm_scale_shift_silu(&self.out_layers.norm, h, Some((scale, shift)), true);
-            self.out_layers.conv.forward(self.out_layers.dropout.forward(h))
+            crate::ops::conv2d(&self.out_layers.conv, self.out_layers.dropout.forward(h))
         } else {
             debug_assert_eq!(e, c);
             let h = crate::ops::norm_scale_shift_silu(&self.out_layers.norm, h + emb_out, None, true);
-            self.out_layers.conv.forward(self.out_layers.dropout.forward(h))
+            crate::ops::conv2d(&self.out_layers.conv, self.out_layers.dropout.forward(h))
         };
         let skip = match &self.skip_connection {
-            Some(conv) => conv.forward(x),
+            Some(conv) => crate::ops::conv2d(conv, x),
             None => x,
         };
         let out = skip + h;
@@ -350,7 +350,7 @@ impl Downsample {
     /// `[B, C, H, W] → [B, C, H/2, W/2]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match &self.op {
-            Some(conv) => conv.forward(x),
+            Some(conv) => crate::ops::conv2d(conv, x),
             None => avg_pool2x(x),
         }
     }
@@ -374,7 +374,7 @@ impl Upsample {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = upsample_nearest2x(x);
         match &self.conv {
-            Some(conv) => conv.forward(x),
+            Some(conv) => crate::ops::conv2d(conv, x),
             None => x,
         }
     }
@@ -403,7 +403,7 @@ impl Layer {
     /// Applies the layer; residual blocks also see the embedding.
     pub fn forward(&self, x: Tensor<4>, emb: &Tensor<2>) -> Tensor<4> {
         match self {
-            Self::Conv(c) => c.forward(x),
+            Self::Conv(c) => crate::ops::conv2d(c, x),
             Self::Res(r) => r.forward(x, emb.clone()),
             Self::Attn(a) => a.forward(x),
             Self::Down(d) => d.forward(x),

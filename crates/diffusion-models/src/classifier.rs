@@ -211,8 +211,8 @@ impl AttentionPool2d {
         let x = x.reshape([b, c, h * w]);
         let mean = x.clone().mean_dim(2);
         let x = Tensor::cat(vec![mean, x], 2) + self.positional_embedding.val().unsqueeze_dim::<3>(0);
-        let a = qkv_attention(self.qkv_proj.forward(x), self.num_heads, AttentionOrder::New);
-        let y = self.c_proj.forward(a);
+        let a = qkv_attention(crate::ops::conv1d(&self.qkv_proj, x), self.num_heads, AttentionOrder::New);
+        let y = crate::ops::conv1d(&self.c_proj, a);
         let k = y.dims()[1];
         y.narrow(2, 0, 1).reshape([b, k])
     }
@@ -266,7 +266,7 @@ impl EncoderUNet {
                 let [b, c, hh, ww] = h.dims();
                 let pooled =
                     silu(head.norm.forward(h)).reshape([b, c, hh * ww]).mean_dim(2).reshape([b, c, 1, 1]);
-                let y = head.conv.forward(pooled);
+                let y = crate::ops::conv2d(&head.conv, pooled);
                 let k = y.dims()[1];
                 y.reshape([b, k])
             }

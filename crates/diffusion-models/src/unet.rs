@@ -412,6 +412,6 @@ impl UNet {
             let skip = hs.pop().expect("one skip per output block");
             h = forward_seq(block, Tensor::cat(vec![h, skip], 1), &emb);
         }
-        self.out.conv.forward(crate::ops::norm_scale_shift_silu(&self.out.norm, h, None, true))
+        crate::ops::conv2d(&self.out.conv, crate::ops::norm_scale_shift_silu(&self.out.norm, h, None, true))
     }
 }

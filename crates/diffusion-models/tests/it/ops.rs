@@ -1,8 +1,12 @@
 //! The op layer: every fused path equals its composite fallback.
 
-use burn::nn::GroupNormConfig;
+use burn::nn::conv::{Conv1dConfig, Conv2d, Conv2dConfig};
+use burn::nn::{GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor};
-use diffusion_models::ops::{fused_norm_available, norm_scale_shift_silu, norm_scale_shift_silu_composite};
+use diffusion_models::ops::{
+    conv_kernel_available, conv1d, conv2d, fused_norm_available, norm_scale_shift_silu,
+    norm_scale_shift_silu_composite,
+};
 
 fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
@@ -107,5 +111,115 @@ fn fused_backward_equals_the_composite() {
                 );
             }
         }
+    }
+}
+
+fn flat<const D: usize>(t: Option<Tensor<D>>) -> Vec<f32> {
+    t.map(|t| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()).unwrap_or_default()
+}
+
+/// `max |a − b| ≤ 1e-5 · max(1, max |b|)`, with a message naming what differs.
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ (a gradient is missing?)");
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let d = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(d <= 1e-5 * scale, "{what}: max difference {d} (scale {scale})");
+}
+
+/// Deterministic, non-trivial values.
+fn wave(n: usize, k: f32) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 * k).sin() * 0.8 + 0.1).collect()
+}
+
+/// Our convolution against burn's `Conv2d::forward` (the composite): the output, and on the
+/// autodiff device the gradients of the input, the weight and the bias, for the geometries the
+/// networks use (3×3 with padding 1, stride 1 and 2; 1×1) and for the kernel's edge cases:
+/// asymmetric padding, no padding, no bias, odd sizes, a batch split into chunks of several
+/// samples (small images) with a remainder, and a single sample.
+#[test]
+fn conv2d_kernel_equals_burn_conv_with_every_gradient() {
+    // (batch, c_in, c_out, h, w, kernel, stride, padding (top, left, bottom, right), bias)
+    let cases: &[(usize, usize, usize, usize, usize, usize, usize, (usize, usize, usize, usize), bool)] = &[
+        (3, 4, 6, 8, 8, 3, 1, (1, 1, 1, 1), true),
+        (2, 5, 3, 9, 7, 3, 2, (1, 1, 1, 1), true),
+        (4, 6, 5, 6, 6, 1, 1, (0, 0, 0, 0), true),
+        (2, 3, 4, 7, 5, 3, 1, (0, 0, 0, 0), false),
+        (2, 3, 4, 6, 7, 3, 1, (2, 0, 1, 1), true),
+        (5, 4, 7, 2, 2, 3, 1, (1, 1, 1, 1), true),
+        (7, 3, 2, 3, 3, 1, 1, (0, 0, 0, 0), false),
+        (1, 4, 4, 5, 5, 5, 2, (2, 2, 2, 2), true),
+    ];
+    for &(b, ci, co, h, w, k, s, (t, l, bo, r), bias) in cases {
+        let case = format!("B{b} {ci}→{co} {h}×{w} k{k} s{s} pad ({t},{l},{bo},{r}) bias {bias}");
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let grad = device.is_autodiff();
+            let run = |ours: bool| {
+                let mut conv: Conv2d = Conv2dConfig::new([ci, co], [k, k])
+                    .with_stride([s, s])
+                    .with_padding(PaddingConfig2d::Explicit(t, l, bo, r))
+                    .with_bias(bias)
+                    .with_initializer(Initializer::Zeros)
+                    .init(&device);
+                let weight = Tensor::<1>::from_floats(wave(co * ci * k * k, 0.71).as_slice(), &device)
+                    .reshape([co, ci, k, k]);
+                conv.weight =
+                    conv.weight.map(|_| if grad { weight.clone().require_grad() } else { weight.clone() });
+                let bv = Tensor::<1>::from_floats(wave(co, 1.3).as_slice(), &device);
+                conv.bias =
+                    conv.bias.map(|p| p.map(|_| if grad { bv.clone().require_grad() } else { bv.clone() }));
+                let x = Tensor::<1>::from_floats(wave(b * ci * h * w, 0.37).as_slice(), &device)
+                    .reshape([b, ci, h, w]);
+                let x = if grad { x.require_grad() } else { x };
+                assert_eq!(conv_kernel_available(&conv, &x), cfg!(feature = "cpu-kernels"));
+                let y = if ours { conv2d(&conv, x.clone()) } else { conv.forward(x.clone()) };
+                let mut out = vec![flat(Some(y.clone()))];
+                if grad {
+                    let [_, _, oh, ow] = y.dims();
+                    let weights = Tensor::<1>::from_floats(wave(b * co * oh * ow, 0.13).as_slice(), &device)
+                        .reshape([b, co, oh, ow]);
+                    let grads = (y * weights).sum().backward();
+                    out.push(flat(x.grad(&grads)));
+                    out.push(flat(conv.weight.val().grad(&grads)));
+                    out.push(flat(conv.bias.as_ref().and_then(|p| p.val().grad(&grads))));
+                }
+                out
+            };
+            let (ours, burn) = (run(true), run(false));
+            for (k, name) in ["output", "dx", "dweight", "dbias"].iter().enumerate().take(ours.len()) {
+                assert_close(&ours[k], &burn[k], &format!("{case} {device:?} {name}"));
+            }
+        }
+    }
+}
+
+/// The pointwise 1-D convolution (attention's projections) runs as a 1×1 2-D convolution and
+/// equals burn's `Conv1d::forward`, with its gradients.
+#[test]
+fn pointwise_conv1d_equals_burn_conv1d() {
+    let device = Device::flex().autodiff();
+    let (b, ci, co, l) = (3, 8, 24, 20);
+    let run = |ours: bool| {
+        let mut conv = Conv1dConfig::new(ci, co, 1).init(&device);
+        let weight = Tensor::<1>::from_floats(wave(co * ci, 0.53).as_slice(), &device).reshape([co, ci, 1]);
+        conv.weight = conv.weight.map(|_| weight.clone().require_grad());
+        let bias = Tensor::<1>::from_floats(wave(co, 0.77).as_slice(), &device);
+        conv.bias = conv.bias.map(|p| p.map(|_| bias.clone().require_grad()));
+        let x = Tensor::<1>::from_floats(wave(b * ci * l, 0.29).as_slice(), &device)
+            .reshape([b, ci, l])
+            .require_grad();
+        let y = if ours { conv1d(&conv, x.clone()) } else { conv.forward(x.clone()) };
+        let weights =
+            Tensor::<1>::from_floats(wave(b * co * l, 0.11).as_slice(), &device).reshape([b, co, l]);
+        let grads = (y.clone() * weights).sum().backward();
+        vec![
+            flat(Some(y)),
+            flat(x.grad(&grads)),
+            flat(conv.weight.val().grad(&grads)),
+            flat(conv.bias.as_ref().and_then(|p| p.val().grad(&grads))),
+        ]
+    };
+    let (ours, burn) = (run(true), run(false));
+    for (k, name) in ["output", "dx", "dweight", "dbias"].iter().enumerate() {
+        assert_close(&ours[k], &burn[k], &format!("conv1d {name}"));
     }
 }

@@ -1,0 +1,51 @@
+//! Kernels for burn's CPU backend (`flex`), plain and autodiff (without gradient
+//! checkpointing). Each returns `None` where it does not apply, and the caller falls back to
+//! burn's composite ops.
+
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::{Autodiff, BackendTypes, Flex};
+use burn::tensor::{Tensor, TensorData};
+
+pub mod conv;
+pub mod norm;
+
+pub use norm::fused;
+
+/// The autodiff CPU device our kernels serve.
+pub type Ad = Autodiff<Flex, NoCheckpointing>;
+/// burn-flex's float tensor primitive.
+pub type FlexFloat = <Flex as BackendTypes>::FloatTensorPrimitive;
+
+/// A copy of a float primitive's values as `f32`.
+pub fn flex_vec(t: &FlexFloat) -> Vec<f32> {
+    match t.as_slice::<f32>() {
+        Some(s) => s.to_vec(),
+        None => t.to_contiguous().as_slice::<f32>().map(<[f32]>::to_vec).unwrap_or_default(),
+    }
+}
+
+/// A contiguous `f32` primitive holding the values of `t` (a handle clone when it already is
+/// one), or `None` for another element type.
+pub fn contiguous_f32(t: FlexFloat) -> Option<FlexFloat> {
+    if t.as_slice::<f32>().is_some() {
+        return Some(t);
+    }
+    let c = t.to_contiguous();
+    c.as_slice::<f32>().is_some().then_some(c)
+}
+
+/// A float primitive wrapping `values` (no copy).
+pub fn flex_from(values: Vec<f32>, shape: Vec<usize>) -> FlexFloat {
+    FlexFloat::from_data(TensorData::new(values, shape))
+}
+
+/// Whether `x` is a plain CPU tensor (a cheap handle clone: the conversion fails on autodiff
+/// tensors and on other backends).
+pub fn is_plain<const D: usize>(x: &Tensor<D>) -> bool {
+    x.clone().try_into_primitive::<Flex>().is_ok()
+}
+
+/// Whether `x` lives on the autodiff CPU device without gradient checkpointing.
+pub fn is_autodiff<const D: usize>(x: &Tensor<D>) -> bool {
+    x.clone().try_into_primitive::<Ad>().is_ok()
+}

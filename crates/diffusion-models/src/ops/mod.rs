@@ -1,0 +1,139 @@
+//! The op layer: operations the networks call through one function each, with a fused kernel
+//! where we have one and burn's composite ops everywhere else.
+//!
+//! | op | fused on | elsewhere |
+//! |---|---|---|
+//! | [`norm_scale_shift_silu`]: SiLU(GroupNorm(x) · (1 + scale) + shift) | the CPU backend (`flex`), plain (sampling, evaluation) and autodiff (training: one graph node with its own backward), with the `cpu-kernels` feature | composite: GroupNorm, mul, add, SiLU (other devices, gradient checkpointing) |
+//! | [`conv2d`] (and [`conv1d`] for the 1×1 projections of attention): GEMMs over per-thread im2col tiles in NCHW, with a GEMM-shaped weight gradient | the CPU backend, plain and autodiff, with the `cpu-kernels` feature; explicit or no zero padding, one group, dilation 1 | burn's `Conv2d::forward` / `Conv1d::forward` |
+//!
+//! A kernel for another device (a cubecl kernel for wgpu/CUDA) or with its own backward (for
+//! training) is added here, behind the same function, without touching the model code. Every
+//! fused path is tested for equality with its composite fallback (`tests/it/ops.rs`).
+
+use burn::nn::conv::{Conv1d, Conv2d};
+use burn::nn::{GroupNorm, PaddingConfig1d, PaddingConfig2d};
+use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
+
+/// `SiLU(GroupNorm(x) · (1 + scale) + shift)`, or without the scale-shift (`None`), or without
+/// the SiLU (`apply_silu = false`).
+///
+/// # Shapes
+/// `x: [B, C, H, W]`; `scale`, `shift`: `[B, C, 1, 1]`.
+pub fn norm_scale_shift_silu(
+    norm: &GroupNorm,
+    x: Tensor<4>,
+    scale_shift: Option<(Tensor<4>, Tensor<4>)>,
+    apply_silu: bool,
+) -> Tensor<4> {
+    #[cfg(feature = "cpu-kernels")]
+    if let Some(y) = cpu::fused(norm, &x, scale_shift.as_ref(), apply_silu) {
+        return y;
+    }
+    norm_scale_shift_silu_composite(norm, x, scale_shift, apply_silu)
+}
+
+/// Whether [`norm_scale_shift_silu`] runs its fused kernel for `x`: a CPU tensor, plain or on
+/// the autodiff device without gradient checkpointing, in a build with the `cpu-kernels` feature.
+pub fn fused_norm_available(x: &Tensor<4>) -> bool {
+    #[cfg(feature = "cpu-kernels")]
+    {
+        cpu::is_plain(x) || cpu::is_autodiff(x)
+    }
+    #[cfg(not(feature = "cpu-kernels"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
+/// [`norm_scale_shift_silu`] with burn's composite ops (any device, autodiff included).
+pub fn norm_scale_shift_silu_composite(
+    norm: &GroupNorm,
+    x: Tensor<4>,
+    scale_shift: Option<(Tensor<4>, Tensor<4>)>,
+    apply_silu: bool,
+) -> Tensor<4> {
+    let h = norm.forward(x);
+    let h = match scale_shift {
+        Some((scale, shift)) => h * scale.add_scalar(1.0) + shift,
+        None => h,
+    };
+    if apply_silu { silu(h) } else { h }
+}
+
+/// A 2-D convolution by the module `conv`.
+///
+/// # Shapes
+/// `[B, C_in, H, W] → [B, C_out, H_out, W_out]`.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "cpu-kernels")]
+    if let Some(y) = conv2d_kernel(conv, &x) {
+        return y;
+    }
+    conv.forward(x)
+}
+
+/// Whether [`conv2d`] runs our kernel for `conv` on `x`.
+pub fn conv_kernel_available(conv: &Conv2d, x: &Tensor<4>) -> bool {
+    #[cfg(feature = "cpu-kernels")]
+    {
+        conv2d_padding(conv).is_some() && (cpu::is_plain(x) || cpu::is_autodiff(x))
+    }
+    #[cfg(not(feature = "cpu-kernels"))]
+    {
+        let _ = (conv, x);
+        false
+    }
+}
+
+/// The `(top, left, bottom, right)` zero padding of `conv` when our kernel covers it.
+#[cfg(feature = "cpu-kernels")]
+fn conv2d_padding(conv: &Conv2d) -> Option<(usize, usize, usize, usize)> {
+    if conv.groups != 1 || conv.dilation != [1, 1] {
+        return None;
+    }
+    match conv.padding {
+        PaddingConfig2d::Valid => Some((0, 0, 0, 0)),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some((top, left, bottom, right)),
+        PaddingConfig2d::Same => None,
+    }
+}
+
+#[cfg(feature = "cpu-kernels")]
+fn conv2d_kernel(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let padding = conv2d_padding(conv)?;
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    cpu::conv::conv2d(x, &conv.weight.val(), bias.as_ref(), conv.stride, padding)
+}
+
+/// A 1-D convolution by the module `conv`; a pointwise one (kernel 1, stride 1, no padding —
+/// the projections of attention) runs as a 1×1 [`conv2d`].
+///
+/// # Shapes
+/// `[B, C_in, L] → [B, C_out, L_out]`.
+pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
+    let pointwise = conv.kernel_size == 1
+        && conv.stride == 1
+        && conv.dilation == 1
+        && conv.groups == 1
+        && matches!(conv.padding, PaddingConfig1d::Valid | PaddingConfig1d::Explicit(0, 0));
+    #[cfg(feature = "cpu-kernels")]
+    if pointwise {
+        let [b, c, l] = x.dims();
+        let weight = conv.weight.val();
+        let [co, ci, _] = weight.dims();
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        let x4 = x.clone().reshape([b, c, l, 1]);
+        if let Some(y) =
+            cpu::conv::conv2d(&x4, &weight.reshape([co, ci, 1, 1]), bias.as_ref(), [1, 1], (0, 0, 0, 0))
+        {
+            return y.reshape([b, co, l]);
+        }
+    }
+    let _ = pointwise;
+    conv.forward(x)
+}
+
+#[cfg(feature = "cpu-kernels")]
+mod cpu;
