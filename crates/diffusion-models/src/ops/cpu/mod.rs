@@ -16,14 +16,6 @@ pub type Ad = Autodiff<Flex, NoCheckpointing>;
 /// burn-flex's float tensor primitive.
 pub type FlexFloat = <Flex as BackendTypes>::FloatTensorPrimitive;
 
-/// A copy of a float primitive's values as `f32`.
-pub fn flex_vec(t: &FlexFloat) -> Vec<f32> {
-    match t.as_slice::<f32>() {
-        Some(s) => s.to_vec(),
-        None => t.to_contiguous().as_slice::<f32>().map(<[f32]>::to_vec).unwrap_or_default(),
-    }
-}
-
 /// A contiguous `f32` primitive holding the values of `t` (a handle clone when it already is
 /// one), or `None` for another element type.
 pub fn contiguous_f32(t: FlexFloat) -> Option<FlexFloat> {
