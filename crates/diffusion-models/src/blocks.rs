@@ -11,7 +11,7 @@ use burn::nn::{
     Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d,
 };
 use burn::tensor::Tensor;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::module::{avg_pool2d, interpolate};
 use burn::tensor::ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions};
 use serde::{Deserialize, Serialize};
@@ -72,34 +72,7 @@ pub enum AttentionOrder {
 /// # Shapes
 /// `qkv: [B, 3·H·ch, L]` → `[B, H·ch, L]`.
 pub fn qkv_attention(qkv: Tensor<3>, num_heads: usize, order: AttentionOrder) -> Tensor<3> {
-    let [b, width, len] = qkv.dims();
-    assert!(
-        width.is_multiple_of(3 * num_heads),
-        "qkv width {width} is not divisible by 3 × {num_heads} heads"
-    );
-    let ch = width / (3 * num_heads);
-    let (q, k, v) = match order {
-        AttentionOrder::Legacy => {
-            let mut parts = qkv.reshape([b * num_heads, 3 * ch, len]).chunk(3, 1);
-            let v = parts.pop().expect("3 parts");
-            let k = parts.pop().expect("3 parts");
-            (parts.pop().expect("3 parts"), k, v)
-        }
-        AttentionOrder::New => {
-            let mut parts = qkv.chunk(3, 1);
-            let split = |x: Tensor<3>| x.reshape([b * num_heads, ch, len]);
-            let v = split(parts.pop().expect("3 parts"));
-            let k = split(parts.pop().expect("3 parts"));
-            (split(parts.pop().expect("3 parts")), k, v)
-        }
-    };
-    let scale = 1.0 / (ch as f64).sqrt().sqrt();
-    // weight[b, t, s] = Σ_c q[b, c, t] k[b, c, s]
-    let weight = q.mul_scalar(scale).swap_dims(1, 2).matmul(k.mul_scalar(scale));
-    let weight = softmax(weight, 2);
-    // a[b, c, t] = Σ_s weight[b, t, s] v[b, c, s]
-    let a = v.matmul(weight.swap_dims(1, 2));
-    a.reshape([b, num_heads * ch, len])
+    crate::ops::qkv_attention(qkv, num_heads, order)
 }
 
 /// Configuration of an [`AttentionBlock`].

@@ -4,6 +4,7 @@
 //! | op | fused on | elsewhere |
 //! |---|---|---|
 //! | [`norm_scale_shift_silu`]: SiLU(GroupNorm(x) · (1 + scale) + shift) | the CPU backend (`flex`), plain (sampling, evaluation) and autodiff (training: one graph node with its own backward), with the `cpu-kernels` feature | composite: GroupNorm, mul, add, SiLU (other devices, gradient checkpointing) |
+//! | [`qkv_attention`]: ADM's attention over a packed qkv (both head orders), never materialising the `[B·H, L, L]` scores | the CPU backend, plain and autodiff (backward recomputes the softmax from saved row log-sum-exps) | composite: chunk, matmul, softmax, matmul |
 //! | [`conv2d`] (and [`conv1d`] for the 1×1 projections of attention): GEMMs over per-thread im2col tiles in NCHW, with a GEMM-shaped weight gradient | the CPU backend, plain and autodiff, with the `cpu-kernels` feature; explicit or no zero padding, one group, dilation 1 | burn's `Conv2d::forward` / `Conv1d::forward` |
 //!
 //! A kernel for another device (a cubecl kernel for wgpu/CUDA) or with its own backward (for
@@ -13,7 +14,9 @@
 use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::{GroupNorm, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{silu, softmax};
+
+use crate::blocks::AttentionOrder;
 
 /// `SiLU(GroupNorm(x) · (1 + scale) + shift)`, or without the scale-shift (`None`), or without
 /// the SiLU (`apply_silu = false`).
@@ -133,6 +136,54 @@ pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     }
     let _ = pointwise;
     conv.forward(x)
+}
+
+/// Scaled dot-product attention over a packed `qkv` tensor, with ADM's scaling (q and k each by
+/// `ch^{-1/4}`) and head split.
+///
+/// # Shapes
+/// `qkv: [B, 3·H·ch, L]` → `[B, H·ch, L]`.
+pub fn qkv_attention(qkv: Tensor<3>, num_heads: usize, order: AttentionOrder) -> Tensor<3> {
+    #[cfg(feature = "cpu-kernels")]
+    if let Some(a) = cpu::attention::qkv_attention(&qkv, num_heads, order) {
+        return a;
+    }
+    qkv_attention_composite(qkv, num_heads, order)
+}
+
+/// [`qkv_attention`] with burn's composite ops (any device, autodiff included).
+///
+/// # Shapes
+/// `qkv: [B, 3·H·ch, L]` → `[B, H·ch, L]`.
+pub fn qkv_attention_composite(qkv: Tensor<3>, num_heads: usize, order: AttentionOrder) -> Tensor<3> {
+    let [b, width, len] = qkv.dims();
+    assert!(
+        width.is_multiple_of(3 * num_heads),
+        "qkv width {width} is not divisible by 3 × {num_heads} heads"
+    );
+    let ch = width / (3 * num_heads);
+    let (q, k, v) = match order {
+        AttentionOrder::Legacy => {
+            let mut parts = qkv.reshape([b * num_heads, 3 * ch, len]).chunk(3, 1);
+            let v = parts.pop().expect("3 parts");
+            let k = parts.pop().expect("3 parts");
+            (parts.pop().expect("3 parts"), k, v)
+        }
+        AttentionOrder::New => {
+            let mut parts = qkv.chunk(3, 1);
+            let split = |x: Tensor<3>| x.reshape([b * num_heads, ch, len]);
+            let v = split(parts.pop().expect("3 parts"));
+            let k = split(parts.pop().expect("3 parts"));
+            (split(parts.pop().expect("3 parts")), k, v)
+        }
+    };
+    let scale = 1.0 / (ch as f64).sqrt().sqrt();
+    // weight[b, t, s] = Σ_c q[b, c, t] k[b, c, s]
+    let weight = q.mul_scalar(scale).swap_dims(1, 2).matmul(k.mul_scalar(scale));
+    let weight = softmax(weight, 2);
+    // a[b, c, t] = Σ_s weight[b, t, s] v[b, c, s]
+    let a = v.matmul(weight.swap_dims(1, 2));
+    a.reshape([b, num_heads * ch, len])
 }
 
 #[cfg(feature = "cpu-kernels")]

@@ -3,9 +3,10 @@
 use burn::nn::conv::{Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor};
+use diffusion_models::AttentionOrder;
 use diffusion_models::ops::{
     conv_kernel_available, conv1d, conv2d, fused_norm_available, norm_scale_shift_silu,
-    norm_scale_shift_silu_composite,
+    norm_scale_shift_silu_composite, qkv_attention, qkv_attention_composite,
 };
 
 fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
@@ -221,5 +222,47 @@ fn pointwise_conv1d_equals_burn_conv1d() {
     let (ours, burn) = (run(true), run(false));
     for (k, name) in ["output", "dx", "dweight", "dbias"].iter().enumerate() {
         assert_close(&ours[k], &burn[k], &format!("conv1d {name}"));
+    }
+}
+
+/// The attention op against the composite (chunk, matmul, softmax, matmul), in both head
+/// orders, with one and several heads, on the plain device (output) and the autodiff device
+/// (output and the gradient of the packed qkv), with large logits so that the softmax's max
+/// subtraction matters.
+#[test]
+fn fused_attention_equals_the_composite_in_both_head_orders() {
+    for order in [AttentionOrder::Legacy, AttentionOrder::New] {
+        for (b, heads, ch, len) in [(2, 1, 4, 9), (3, 4, 8, 16), (1, 2, 16, 5)] {
+            let case = format!("{order:?} B{b} heads {heads} ch {ch} L{len}");
+            for device in [Device::flex(), Device::flex().autodiff()] {
+                let grad = device.is_autodiff();
+                let run = |ours: bool| {
+                    let w = 3 * heads * ch;
+                    let qkv = Tensor::<1>::from_floats(wave(b * w * len, 0.61).as_slice(), &device)
+                        .mul_scalar(4.0)
+                        .reshape([b, w, len]);
+                    let qkv = if grad { qkv.require_grad() } else { qkv };
+                    let a = if ours {
+                        qkv_attention(qkv.clone(), heads, order)
+                    } else {
+                        qkv_attention_composite(qkv.clone(), heads, order)
+                    };
+                    assert_eq!(a.dims(), [b, heads * ch, len]);
+                    let mut out = vec![flat(Some(a.clone()))];
+                    if grad {
+                        let weights =
+                            Tensor::<1>::from_floats(wave(b * heads * ch * len, 0.23).as_slice(), &device)
+                                .reshape([b, heads * ch, len]);
+                        let grads = (a * weights).sum().backward();
+                        out.push(flat(qkv.grad(&grads)));
+                    }
+                    out
+                };
+                let (ours, burn) = (run(true), run(false));
+                for (k, name) in ["output", "dqkv"].iter().enumerate().take(ours.len()) {
+                    assert_close(&ours[k], &burn[k], &format!("{case} {device:?} {name}"));
+                }
+            }
+        }
     }
 }

@@ -24,6 +24,7 @@ use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::gemm::gemm_into;
 use super::{Ad, FlexFloat, contiguous_f32, flex_from};
 
 /// Shape and hyper-parameters of one convolution call.
@@ -205,60 +206,6 @@ fn col2im(g: &Geometry, dcol: &[f32], gs: usize, dx: &mut [f32]) {
     }
 }
 
-/// `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit (column, row) strides.
-#[allow(clippy::too_many_arguments, unsafe_code)]
-fn gemm_into(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    (lhs, lhs_cs, lhs_rs): (&[f32], usize, usize),
-    (rhs, rhs_cs, rhs_rs): (&[f32], usize, usize),
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // The extents every operand must cover.
-    let span = |rows: usize, cols: usize, cs: usize, rs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
-    assert!(dst.len() >= span(m, n, 1, dst_rs), "gemm: destination too short");
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                dst[r * dst_rs..][..n].fill(0.0);
-            }
-        }
-        return;
-    }
-    assert!(lhs.len() >= span(m, k, lhs_cs, lhs_rs), "gemm: lhs too short");
-    assert!(rhs.len() >= span(k, n, rhs_cs, rhs_rs), "gemm: rhs too short");
-    // SAFETY: the three extents were checked above; `dst` is exclusively borrowed and does not
-    // alias the shared operands.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-}
-
 /// Chunking of the batch and the GEMM parallelism inside each chunk.
 fn plan(g: &Geometry) -> (usize, usize, Parallelism) {
     let threads = rayon::current_num_threads().max(1);
@@ -292,7 +239,7 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
                     row.fill(bv);
                 }
             }
-            gemm_into([co, n, k], dst, n, bias.is_some(), (weight, 1, k), (rhs, 1, n), par);
+            gemm_into([co, n, k], dst, n, bias.is_some(), (weight, 1, k), (rhs, 1, n), 1.0, par);
             if !direct {
                 for s in 0..gs {
                     for c in 0..co {
@@ -357,7 +304,7 @@ pub fn backward(
                     };
                     // dWᵀ[K, co] += col[K, N] · dYᵀ[N, co] (this orientation packs well: ≈ 3×
                     // faster than dY · colᵀ at 32 channels).
-                    gemm_into([k, co, n], &mut dw, co, true, (cols, 1, n), (dyt, n, 1), par);
+                    gemm_into([k, co, n], &mut dw, co, true, (cols, 1, n), (dyt, n, 1), 1.0, par);
                     for (acc, row) in db.iter_mut().zip(dyt.chunks_exact(n)) {
                         *acc += row.iter().map(|&v| f64::from(v)).sum::<f64>();
                     }
@@ -365,10 +312,10 @@ pub fn backward(
                 if let Some(dxs) = dxs {
                     // dcol[K, N] = Wᵀ[K, co] · dY[co, N].
                     if own_col {
-                        gemm_into([k, n, co], dcol, n, false, (weight, k, 1), (dyt, 1, n), par);
+                        gemm_into([k, n, co], dcol, n, false, (weight, k, 1), (dyt, 1, n), 1.0, par);
                         col2im(g, dcol, gs, dxs);
                     } else {
-                        gemm_into([k, n, co], dxs, n, false, (weight, k, 1), (dyt, 1, n), par);
+                        gemm_into([k, n, co], dxs, n, false, (weight, k, 1), (dyt, 1, n), 1.0, par);
                     }
                 }
             });

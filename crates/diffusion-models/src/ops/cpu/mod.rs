@@ -6,7 +6,9 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::{Autodiff, BackendTypes, Flex};
 use burn::tensor::{Tensor, TensorData};
 
+pub mod attention;
 pub mod conv;
+pub mod gemm;
 pub mod norm;
 
 pub use norm::fused;
