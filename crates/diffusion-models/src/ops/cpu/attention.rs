@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, contiguous_f32, flex_from};
+use super::{Ad, FlexFloat, contiguous_f32, flex_from, max_lanes, sum_by};
 use crate::blocks::AttentionOrder;
 
 /// Shapes of one call.
@@ -94,12 +94,11 @@ fn forward(g: &Geometry, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
                     let (q, k, v) = (&x[oq..oq + ch * l], &x[ok..ok + ch * l], &x[ov..ov + ch * l]);
                     scores(g, q, k, p);
                     for (row, lse) in p.chunks_exact_mut(l).zip(&mut lse[h * l..(h + 1) * l]) {
-                        let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                        let mut sum = 0f32;
+                        let m = max_lanes(row);
                         for v in row.iter_mut() {
                             *v = exp_f32(*v - m);
-                            sum += *v;
                         }
+                        let sum = sum_by(l, |i| row[i]);
                         let inv = 1.0 / sum;
                         for v in row.iter_mut() {
                             *v *= inv;
@@ -149,7 +148,7 @@ fn backward(g: &Geometry, qkv: &[f32], lse: &[f32], da: &[f32]) -> Vec<f32> {
                     // dP[t, s] = Σ_c da[c, t] v[c, s]; then dS = P ⊙ (dP − rowsum(P ⊙ dP)) in dp.
                     gemm_into([l, l, ch], dp, l, false, (da, l, 1), (v, 1, l), 1.0, SEQ);
                     for (drow, prow) in dp.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
-                        let dot: f32 = drow.iter().zip(prow).map(|(d, p)| d * p).sum();
+                        let dot = sum_by(l, |i| drow[i] * prow[i]);
                         for (d, &pv) in drow.iter_mut().zip(prow) {
                             *d = pv * (*d - dot);
                         }

@@ -43,3 +43,37 @@ pub fn is_plain<const D: usize>(x: &Tensor<D>) -> bool {
 pub fn is_autodiff<const D: usize>(x: &Tensor<D>) -> bool {
     x.clone().try_into_primitive::<Ad>().is_ok()
 }
+
+/// Lanes of the reductions below: independent accumulators that the compiler keeps in one
+/// vector register (a float sum in one accumulator cannot be vectorised: it fixes the order).
+pub const LANES: usize = 8;
+
+/// `Σ f(i)` over `0..n` in [`LANES`] interleaved partial sums.
+#[inline(always)]
+pub fn sum_by(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let full = n / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += f(base + j);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in full..n {
+        s += f(i);
+    }
+    s
+}
+
+/// The largest element (−∞ for an empty slice), in [`LANES`] partial maxima.
+#[inline(always)]
+pub fn max_lanes(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    chunks.remainder().iter().chain(&acc).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}

@@ -15,7 +15,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::{Ad, FlexFloat, contiguous_f32, flex_from};
+use super::{Ad, FlexFloat, LANES, contiguous_f32, flex_from, sum_by};
 
 /// `eˣ` in f32 without a library call, so that loops over it vectorise: 2ⁿ·p(r) with
 /// `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2` and a degree-6 Taylor polynomial (relative error
@@ -86,8 +86,17 @@ fn stats(i: &Inputs) -> Vec<(f64, f64)> {
     i.x()
         .par_chunks(len)
         .map(|xg| {
-            let (mut sum, mut sq) = (0f64, 0f64);
-            for &v in xg {
+            let (mut s, mut q) = ([0f64; LANES], [0f64; LANES]);
+            let mut chunks = xg.chunks_exact(LANES);
+            for ch in &mut chunks {
+                for ((s, q), &v) in s.iter_mut().zip(&mut q).zip(ch) {
+                    let v = f64::from(v);
+                    *s += v;
+                    *q += v * v;
+                }
+            }
+            let (mut sum, mut sq): (f64, f64) = (s.iter().sum(), q.iter().sum());
+            for &v in chunks.remainder() {
                 let v = f64::from(v);
                 sum += v;
                 sq += v * v;
@@ -147,42 +156,45 @@ fn backward(i: &Inputs, st: &[(f64, f64)], dy: &[f32]) -> (Vec<f32>, Vec<f32>, V
             let (meanf, rstdf) = (mean as f32, rstd as f32);
             let mut sums = vec![[0f64; 4]; cg];
             let (mut sum_d, mut sum_dx) = (0f64, 0f64);
+            // Pass 1 per channel (vectorised): dz into dx, then Σ dz and Σ dz·x̂. With
+            // a = γ·x̂ + β and dx̂ = γ(1 + s)·dz every other sum follows from these two.
             for (ci, dxc) in dxg.chunks_exact_mut(hw).enumerate() {
                 let ch = g * cg + ci;
                 let base = (n * c + ch) * hw;
                 let (gam, bet, s, t) = i.params(n, ch);
                 let (xs, dys) = (&x[base..base + hw], &dy[base..base + hw]);
-                let (mut s_dz, mut s_dz_a, mut s_da_xh, mut s_d_xh) = (0f32, 0f32, 0f32, 0f32);
-                for ((d, &xv), &dyv) in dxc.iter_mut().zip(xs).zip(dys) {
-                    let xh = (xv - meanf) * rstdf;
-                    let a = xh * gam + bet;
-                    let dz = if i.silu {
-                        let z = a * (1.0 + s) + t;
+                if i.silu {
+                    let (ga, ba) = (gam * (1.0 + s), bet * (1.0 + s) + t);
+                    for ((d, &xv), &dyv) in dxc.iter_mut().zip(xs).zip(dys) {
+                        let z = ((xv - meanf) * rstdf) * ga + ba;
                         let sg = sigmoid(z);
-                        dyv * sg * (1.0 + z * (1.0 - sg))
-                    } else {
-                        dyv
-                    };
-                    // dL/da = dz·(1 + s); dL/dscale = Σ dz·a; dL/dshift = Σ dz.
-                    let da = dz * (1.0 + s);
-                    s_dz += dz;
-                    s_dz_a += dz * a;
-                    s_da_xh += da * xh;
-                    let dxhat = da * gam;
-                    s_d_xh += dxhat * xh;
-                    *d = dxhat;
+                        *d = dyv * sg * (1.0 + z * (1.0 - sg));
+                    }
+                } else {
+                    dxc.copy_from_slice(dys);
                 }
-                let s_dz = f64::from(s_dz);
-                sum_d += s_dz * f64::from(1.0 + s) * f64::from(gam);
-                sum_dx += f64::from(s_d_xh);
-                sums[ci] = [f64::from(s_da_xh), s_dz * f64::from(1.0 + s), f64::from(s_dz_a), s_dz];
+                let dz: &[f32] = dxc;
+                let s_dz = f64::from(sum_by(hw, |p| dz[p]));
+                let s_dz_xh = f64::from(sum_by(hw, |p| dz[p] * ((xs[p] - meanf) * rstdf)));
+                let (g64, b64, s1) = (f64::from(gam), f64::from(bet), 1.0 + f64::from(s));
+                // [dγ, dβ, dscale, dshift] contributions of this (n, ch): Σ da·x̂, Σ da,
+                // Σ dz·a, Σ dz, with da = (1 + s)·dz.
+                sums[ci] = [s1 * s_dz_xh, s1 * s_dz, g64 * s_dz_xh + b64 * s_dz, s_dz];
+                sum_d += s1 * g64 * s_dz;
+                sum_dx += s1 * g64 * s_dz_xh;
             }
             let m = (cg * hw) as f64;
             let (mean_d, mean_dx) = ((sum_d / m) as f32, (sum_dx / m) as f32);
-            let xg = &x[(n * c + g * cg) * hw..][..cg * hw];
-            for (d, &xv) in dxg.iter_mut().zip(xg) {
-                let xh = (xv - meanf) * rstdf;
-                *d = rstdf * (*d - mean_d - xh * mean_dx);
+            // Pass 2 (vectorised): dx = (1/σ)(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)).
+            for (ci, dxc) in dxg.chunks_exact_mut(hw).enumerate() {
+                let ch = g * cg + ci;
+                let (gam, _, s, _) = i.params(n, ch);
+                let f = gam * (1.0 + s);
+                let xs = &x[(n * c + ch) * hw..][..hw];
+                for (d, &xv) in dxc.iter_mut().zip(xs) {
+                    let xh = (xv - meanf) * rstdf;
+                    *d = rstdf * (*d * f - mean_d - xh * mean_dx);
+                }
             }
             sums
         })
