@@ -6,7 +6,7 @@
 
 /// The same allocator as the `diffusion` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: diffusion_alloc::Allocator = diffusion_alloc::Allocator;
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -14,6 +14,7 @@ use diffusion_core::{BetaSchedule, DiffusionConfig, GaussianDiffusion, LossKind,
 use std::hint::black_box;
 
 fn bench_core(c: &mut Criterion) {
+    diffusion_alloc::keep_freed_memory();
     let device = Device::flex();
     let shape = [64, 3, 32, 32];
     let x0 = Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);

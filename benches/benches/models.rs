@@ -5,7 +5,7 @@
 
 /// The same allocator as the `diffusion` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: diffusion_alloc::Allocator = diffusion_alloc::Allocator;
 
 use std::hint::black_box;
 
@@ -38,6 +38,7 @@ fn bench_unet(c: &mut Criterion, name: &str, config: UNetConfig, batch: usize) {
 }
 
 fn bench_models(c: &mut Criterion) {
+    diffusion_alloc::keep_freed_memory();
     bench_unet(c, "tiny", UNetConfig::tiny(), 8);
     bench_unet(c, "cifar10_iddpm", UNetConfig::cifar10_iddpm(), 2);
 

@@ -6,7 +6,7 @@
 
 /// The same allocator as the `diffusion` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: diffusion_alloc::Allocator = diffusion_alloc::Allocator;
 
 use std::hint::black_box;
 
@@ -17,6 +17,7 @@ use diffusion_models::UNetConfig;
 use diffusion_sample::{Method, NoiseSource, SampleOptions, sample};
 
 fn bench_sampling(c: &mut Criterion) {
+    diffusion_alloc::keep_freed_memory();
     let device = Device::flex();
     let config = DiffusionConfig { variance: ModelVariance::LearnedRange, ..Default::default() };
     let diffusion = GaussianDiffusion::from_schedule(&BetaSchedule::Linear { num_timesteps: 1000 }, config)

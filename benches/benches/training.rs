@@ -8,7 +8,7 @@
 
 /// The same allocator as the `diffusion` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: diffusion_alloc::Allocator = diffusion_alloc::Allocator;
 
 use std::hint::black_box;
 
@@ -40,6 +40,7 @@ fn hybrid() -> DiffusionConfig {
 }
 
 fn bench_training(c: &mut Criterion) {
+    diffusion_alloc::keep_freed_memory();
     let mut tiny = TrainConfig::preset("default").unwrap();
     tiny.model = ModelSpec::Unet(UNetConfig::tiny().with_num_classes(Some(4)));
     tiny.image_size = 32;

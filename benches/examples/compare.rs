@@ -24,7 +24,7 @@ use diffusion_train::stepper::Stepper;
 
 /// The same allocator as the `diffusion` binary.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: diffusion_alloc::Allocator = diffusion_alloc::Allocator;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
@@ -57,6 +57,7 @@ fn time(reps: usize, mut f: impl FnMut()) -> String {
 }
 
 fn main() {
+    diffusion_alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let model = arg(&args, "--model").unwrap_or_else(|| "tiny-mnist".into());
     let batch: usize = arg(&args, "--batch").and_then(|b| b.parse().ok()).unwrap_or(8);

@@ -18,9 +18,10 @@ use clap::{Parser, Subcommand};
 use crate::device::DeviceSpec;
 
 /// mimalloc instead of glibc's malloc: burn's CPU backend allocates a fresh buffer for every op
-/// output, and glibc returns large ones to the OS (page faults on every step).
+/// output, and glibc returns large ones to the OS (page faults on every step); `main` also tells
+/// mimalloc to keep what it frees (`diffusion_alloc::keep_freed_memory`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: diffusion_alloc::Allocator = diffusion_alloc::Allocator;
 
 /// Denoising diffusion models on burn.
 #[derive(Debug, Parser)]
@@ -83,6 +84,7 @@ fn count_physical_cores(info: &str) -> Option<usize> {
 }
 
 fn main() {
+    diffusion_alloc::keep_freed_memory();
     // One compute thread per physical core (SMT siblings share the FMA units GEMM needs), unless
     // RAYON_NUM_THREADS says otherwise.
     if std::env::var_os("RAYON_NUM_THREADS").is_none()
