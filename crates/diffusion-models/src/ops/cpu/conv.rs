@@ -25,6 +25,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::gemm::gemm_into;
+use super::winograd;
 use super::{Ad, FlexFloat, contiguous_f32, flex_from};
 
 /// Shape and hyper-parameters of one convolution call.
@@ -218,6 +219,10 @@ fn plan(g: &Geometry) -> (usize, usize, Parallelism) {
 /// The forward convolution of contiguous NCHW `x` with `weight` (`[C_out, K]`) and an optional
 /// bias: the NCHW output.
 pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if let Some(s) = winograd_shape(g) {
+        let u = winograd::weights(&s, winograd::forward_kernel(weight, g.c_in));
+        return winograd::conv(&s, x, &u, bias);
+    }
     let (k, p, co) = (g.k(), g.p(), g.c_out);
     let (gs, _, par) = plan(g);
     let mut out = vec![0f32; g.batch * g.out_len()];
@@ -264,6 +269,20 @@ pub fn backward(
 ) -> (Option<Vec<f32>>, Option<(Vec<f32>, Vec<f32>)>) {
     let (k, p, co) = (g.k(), g.p(), g.c_out);
     let (gs, chunks, par) = plan(g);
+    // The input gradient by Winograd where it applies (a convolution of dY with the flipped,
+    // channel-swapped kernel); the loop below then forms only dW and db.
+    let winograd_dx = match winograd_shape(g) {
+        Some(s) if need_dx => {
+            let t = winograd::Shape { batch: s.batch, c_in: s.c_out, c_out: s.c_in, hw: s.hw };
+            let u = winograd::weights(&t, winograd::gradient_kernel(weight, g.c_in));
+            Some(winograd::conv(&t, dy, &u, None))
+        }
+        _ => None,
+    };
+    let need_dx = need_dx && winograd_dx.is_none();
+    if winograd_dx.is_some() && !need_dw {
+        return (winograd_dx, None);
+    }
     let mut dx = need_dx.then(|| vec![0f32; g.batch * g.in_len()]);
     let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(v) => v.chunks_mut(gs * g.in_len()).map(Some).collect(),
@@ -340,7 +359,22 @@ pub fn backward(
         }
         (w, db.into_iter().map(|v| v as f32).collect())
     });
-    (dx, dwb)
+    (winograd_dx.or(dx), dwb)
+}
+
+/// The Winograd shape of `g` when F(2×2, 3×3) serves it: a 3×3 kernel, stride 1, padding 1 on
+/// every side, and at least 8 channels in and out (below that the transforms cost more than the
+/// multiplications they save). `DIFFUSION_NO_WINOGRAD=1` turns it off (for measurements).
+fn winograd_shape(g: &Geometry) -> Option<winograd::Shape> {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var_os("DIFFUSION_NO_WINOGRAD").is_some_and(|v| v != "0"));
+    let fits = g.kernel == [3, 3] && g.stride == [1, 1] && g.pad == [1, 1] && g.out == g.hw;
+    (!off && fits && g.c_in >= 8 && g.c_out >= 8).then_some(winograd::Shape {
+        batch: g.batch,
+        c_in: g.c_in,
+        c_out: g.c_out,
+        hw: g.hw,
+    })
 }
 
 /// What the backward pass keeps: the input, the weight and the geometry.

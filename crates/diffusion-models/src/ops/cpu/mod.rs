@@ -10,6 +10,7 @@ pub mod attention;
 pub mod conv;
 pub mod gemm;
 pub mod norm;
+pub mod winograd;
 
 pub use norm::fused;
 
