@@ -41,39 +41,22 @@ impl Shape {
     }
 }
 
-/// `U = G g Gᵀ` (16 values, row-major 4×4) of a 3×3 kernel `g` (row-major).
-fn kernel_transform(g: [f32; 9]) -> [f32; 16] {
-    // G g: rows g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2 (each a row of three).
-    let mut t = [[0f32; 3]; 4];
-    for j in 0..3 {
-        let (a, b, c) = (g[j], g[3 + j], g[6 + j]);
-        t[0][j] = a;
-        t[1][j] = 0.5 * (a + b + c);
-        t[2][j] = 0.5 * (a - b + c);
-        t[3][j] = c;
-    }
-    let mut u = [0f32; 16];
-    for (i, [a, b, c]) in t.into_iter().enumerate() {
-        u[4 * i] = a;
-        u[4 * i + 1] = 0.5 * (a + b + c);
-        u[4 * i + 2] = 0.5 * (a - b + c);
-        u[4 * i + 3] = c;
-    }
-    u
-}
+/// Rows of Winograd's kernel transform `G` for F(2, 3).
+const G: [[f32; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
 
-/// The transformed weights `[16, C_out, C_in]` of a convolution whose kernel for output channel
-/// `o`, input channel `i` is `kernel(o, i)`.
+/// The transformed weights `[16, C_out, C_in]`, `U_ξ = (G g Gᵀ)[ξ]`, of a convolution whose
+/// kernel for output channel `o`, input channel `i` is `kernel(o, i)` (row-major 3×3).
 pub fn weights(s: &Shape, kernel: impl Fn(usize, usize) -> [f32; 9] + Sync) -> Vec<f32> {
     let (m, k) = (s.c_out, s.c_in);
     let mut u = vec![0f32; 16 * m * k];
-    let per: Vec<[f32; 16]> =
-        (0..m * k).into_par_iter().map(|j| kernel_transform(kernel(j / k, j % k))).collect();
-    for (j, t) in per.iter().enumerate() {
-        for (xi, &v) in t.iter().enumerate() {
-            u[xi * m * k + j] = v;
+    u.par_chunks_mut(m * k).enumerate().for_each(|(xi, dst)| {
+        let (ga, gb) = (G[xi / 4], G[xi % 4]);
+        let coef: [f32; 9] = std::array::from_fn(|j| ga[j / 3] * gb[j % 3]);
+        for (j, d) in dst.iter_mut().enumerate() {
+            let g = kernel(j / k, j % k);
+            *d = coef.iter().zip(&g).map(|(c, v)| c * v).sum();
         }
-    }
+    });
     u
 }
 
@@ -88,7 +71,8 @@ pub fn gradient_kernel(w: &[f32], c_in: usize) -> impl Fn(usize, usize) -> [f32;
 }
 
 thread_local! {
-    /// Per-thread scratch: V (`[16, C_in, T]`), M (`[16, C_out, T]`), and a padded plane.
+    /// Per-thread scratch: V (`[16, C_in, T]`), M (`[16, C_out, T]`), and a padded plane with
+    /// 16 rows of tile-row temporaries.
     static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
@@ -105,8 +89,9 @@ fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut
     })
 }
 
-/// `V = Bᵀ d B` for every tile of `gs` samples of `x` into `v` (`[16, C_in, T]`).
-fn input_transform(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [f32]) {
+/// `V = Bᵀ d B` for every tile of `gs` samples of `x` into `v` (`[16, C_in, T]`). Per tile row,
+/// every step runs across the row's tiles (contiguous writes, so the loops vectorise).
+fn input_transform(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [f32], e: &mut [f32]) {
     let ([h, w], [th, tw]) = (s.hw, s.tiles());
     let pw = 2 * tw + 2;
     let t_all = gs * th * tw;
@@ -122,24 +107,39 @@ fn input_transform(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [
             }
             let base = ci * t_all + smp * th * tw;
             for ty in 0..th {
-                let r = [0, 1, 2, 3].map(|i| &plane[(2 * ty + i) * pw..][..pw]);
-                for tx in 0..tw {
-                    let c0 = 2 * tx;
-                    // Bᵀ d: rows d0 − d2, d1 + d2, d2 − d1, d1 − d3 (column by column).
-                    let mut t = [[0f32; 4]; 4];
-                    for j in 0..4 {
-                        let (d0, d1, d2, d3) = (r[0][c0 + j], r[1][c0 + j], r[2][c0 + j], r[3][c0 + j]);
-                        t[0][j] = d0 - d2;
-                        t[1][j] = d1 + d2;
-                        t[2][j] = d2 - d1;
-                        t[3][j] = d1 - d3;
+                // d·B on each of the four rows: e[4i + b][tx].
+                for i in 0..4 {
+                    let r = &plane[(2 * ty + i) * pw..][..pw];
+                    let (e0, rest) = e.split_at_mut((4 * i + 1) * tw);
+                    let e0 = &mut e0[4 * i * tw..];
+                    let (e1, rest) = rest.split_at_mut(tw);
+                    let (e2, e3) = rest.split_at_mut(tw);
+                    for tx in 0..tw {
+                        let c = 2 * tx;
+                        let (d0, d1, d2, d3) = (r[c], r[c + 1], r[c + 2], r[c + 3]);
+                        e0[tx] = d0 - d2;
+                        e1[tx] = d1 + d2;
+                        e2[tx] = d2 - d1;
+                        e3[tx] = d1 - d3;
                     }
-                    let at = base + ty * tw + tx;
-                    for (i, [a, b, c, d]) in t.into_iter().enumerate() {
-                        v[(4 * i) * stride_xi + at] = a - c;
-                        v[(4 * i + 1) * stride_xi + at] = b + c;
-                        v[(4 * i + 2) * stride_xi + at] = c - b;
-                        v[(4 * i + 3) * stride_xi + at] = b - d;
+                }
+                // Bᵀ·(d B) across rows, written as contiguous runs of tiles.
+                let at = base + ty * tw;
+                for b in 0..4 {
+                    let row = |i: usize| &e[(4 * i + b) * tw..][..tw];
+                    let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                    let out = |a: usize| (4 * a + b) * stride_xi + at;
+                    for (d, (x0, x2)) in v[out(0)..][..tw].iter_mut().zip(r0.iter().zip(r2)) {
+                        *d = x0 - x2;
+                    }
+                    for (d, (x1, x2)) in v[out(1)..][..tw].iter_mut().zip(r1.iter().zip(r2)) {
+                        *d = x1 + x2;
+                    }
+                    for (d, (x1, x2)) in v[out(2)..][..tw].iter_mut().zip(r1.iter().zip(r2)) {
+                        *d = x2 - x1;
+                    }
+                    for (d, (x1, x3)) in v[out(3)..][..tw].iter_mut().zip(r1.iter().zip(r3)) {
+                        *d = x1 - x3;
                     }
                 }
             }
@@ -147,38 +147,46 @@ fn input_transform(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [
     }
 }
 
-/// `Y = Aᵀ M A` (+ bias) from `m` (`[16, C_out, T]`) into `y` (`gs` samples, NCHW).
-fn output_transform(s: &Shape, m: &[f32], gs: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+/// `Y = Aᵀ M A` (+ bias) from `m` (`[16, C_out, T]`) into `y` (`gs` samples, NCHW), a tile row
+/// at a time across its tiles.
+fn output_transform(s: &Shape, m: &[f32], gs: usize, bias: Option<&[f32]>, y: &mut [f32], e: &mut [f32]) {
     let ([h, w], [th, tw]) = (s.hw, s.tiles());
     let t_all = gs * th * tw;
     let stride_xi = s.c_out * t_all;
     for smp in 0..gs {
         for co in 0..s.c_out {
-            let b = bias.map_or(0.0, |b| b[co]);
+            let bv = bias.map_or(0.0, |b| b[co]);
             let dst = &mut y[(smp * s.c_out + co) * h * w..][..h * w];
             let base = co * t_all + smp * th * tw;
             for ty in 0..th {
-                for tx in 0..tw {
-                    let at = base + ty * tw + tx;
-                    let q: [f32; 16] = std::array::from_fn(|xi| m[xi * stride_xi + at]);
-                    // Aᵀ M: rows m0 + m1 + m2 and m1 − m2 − m3; then the same on columns.
-                    let r0: [f32; 4] = std::array::from_fn(|j| q[j] + q[4 + j] + q[8 + j]);
-                    let r1: [f32; 4] = std::array::from_fn(|j| q[4 + j] - q[8 + j] - q[12 + j]);
-                    let out = [
-                        [r0[0] + r0[1] + r0[2], r0[1] - r0[2] - r0[3]],
-                        [r1[0] + r1[1] + r1[2], r1[1] - r1[2] - r1[3]],
-                    ];
-                    for (i, row) in out.iter().enumerate() {
-                        let yy = 2 * ty + i;
-                        if yy >= h {
-                            continue;
-                        }
-                        for (j, &val) in row.iter().enumerate() {
-                            let xx = 2 * tx + j;
-                            if xx < w {
-                                dst[yy * w + xx] = val + b;
-                            }
-                        }
+                let at = base + ty * tw;
+                let q = |xi: usize| &m[xi * stride_xi + at..][..tw];
+                // Aᵀ M: for each column j, rows m0 + m1 + m2 and m1 − m2 − m3 → e[j], e[4 + j].
+                for j in 0..4 {
+                    let (q0, q1, q2, q3) = (q(j), q(4 + j), q(8 + j), q(12 + j));
+                    let (top, bottom) = e.split_at_mut(4 * tw);
+                    let (t, b) = (&mut top[j * tw..][..tw], &mut bottom[j * tw..][..tw]);
+                    for tx in 0..tw {
+                        t[tx] = q0[tx] + q1[tx] + q2[tx];
+                        b[tx] = q1[tx] - q2[tx] - q3[tx];
+                    }
+                }
+                // (Aᵀ M) A: the two output columns of each tile, for both output rows.
+                for i in 0..2 {
+                    let yy = 2 * ty + i;
+                    if yy >= h {
+                        continue;
+                    }
+                    let r = |j: usize| &e[(4 * i + j) * tw..][..tw];
+                    let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                    let out = &mut dst[yy * w..][..w];
+                    let pairs = w / 2;
+                    for tx in 0..pairs {
+                        out[2 * tx] = r0[tx] + r1[tx] + r2[tx] + bv;
+                        out[2 * tx + 1] = r1[tx] - r2[tx] - r3[tx] + bv;
+                    }
+                    if w % 2 == 1 {
+                        out[w - 1] = r0[pairs] + r1[pairs] + r2[pairs] + bv;
                     }
                 }
             }
@@ -202,8 +210,10 @@ pub fn conv(s: &Shape, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     out.par_chunks_mut(gs * out_len).zip(x.par_chunks(gs * in_len)).for_each(|(y, xs)| {
         let gs = xs.len() / in_len;
         let t = gs * tps;
-        with_scratch([16 * s.c_in * t, 16 * s.c_out * t, (2 * th + 2) * (2 * tw + 2)], |v, m, plane| {
-            input_transform(s, xs, gs, v, plane);
+        let plane_len = (2 * th + 2) * (2 * tw + 2);
+        with_scratch([16 * s.c_in * t, 16 * s.c_out * t, plane_len + 16 * tw], |v, m, scratch| {
+            let (plane, e) = scratch.split_at_mut(plane_len);
+            input_transform(s, xs, gs, v, plane, e);
             let (mk, kt, mt) = (s.c_out * s.c_in, s.c_in * t, s.c_out * t);
             for xi in 0..16 {
                 gemm_into(
@@ -217,7 +227,7 @@ pub fn conv(s: &Shape, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
                     par,
                 );
             }
-            output_transform(s, m, gs, bias, y);
+            output_transform(s, m, gs, bias, y, e);
         });
     });
     out
