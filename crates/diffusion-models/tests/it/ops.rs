@@ -149,12 +149,12 @@ fn conv2d_kernel_equals_burn_conv_with_every_gradient() {
         (5, 4, 7, 2, 2, 3, 1, (1, 1, 1, 1), true),
         (7, 3, 2, 3, 3, 1, 1, (0, 0, 0, 0), false),
         (1, 4, 4, 5, 5, 5, 2, (2, 2, 2, 2), true),
-        // 3×3, stride 1, padding 1 with ≥ 8 channels: the Winograd F(2×2, 3×3) path (forward
-        // and input gradient), with even and odd sizes, tiny images and a chunk remainder.
-        (3, 8, 12, 8, 8, 3, 1, (1, 1, 1, 1), true),
-        (2, 9, 8, 7, 5, 3, 1, (1, 1, 1, 1), false),
-        (5, 8, 16, 2, 2, 3, 1, (1, 1, 1, 1), true),
-        (1, 16, 8, 1, 3, 3, 1, (1, 1, 1, 1), true),
+        // 3×3, stride 1, padding 1 at the sizes where the Winograd F(2×2, 3×3) path serves
+        // (rows of ≥ 16 tiles with ≥ 32 channels, or ≥ 8 tiles with ≥ 128): forward, input and
+        // weight gradients, with an odd height and width and a chunk remainder.
+        (3, 32, 33, 6, 32, 3, 1, (1, 1, 1, 1), true),
+        (3, 33, 32, 5, 31, 3, 1, (1, 1, 1, 1), false),
+        (3, 128, 130, 3, 16, 3, 1, (1, 1, 1, 1), true),
     ];
     for &(b, ci, co, h, w, k, s, (t, l, bo, r), bias) in cases {
         let case = format!("B{b} {ci}→{co} {h}×{w} k{k} s{s} pad ({t},{l},{bo},{r}) bias {bias}");

@@ -279,9 +279,9 @@ pub fn backward(
         }
         _ => None,
     };
-    let need_dx = need_dx && winograd_dx.is_none();
-    if winograd_dx.is_some() && !need_dw {
-        return (winograd_dx, None);
+    if let Some(s) = winograd_shape(g) {
+        let dwb = need_dw.then(|| winograd::weight_grad(&s, x, dy));
+        return (winograd_dx, dwb);
     }
     let mut dx = need_dx.then(|| vec![0f32; g.batch * g.in_len()]);
     let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
@@ -363,13 +363,19 @@ pub fn backward(
 }
 
 /// The Winograd shape of `g` when F(2×2, 3×3) serves it: a 3×3 kernel, stride 1, padding 1 on
-/// every side, and at least 8 channels in and out (below that the transforms cost more than the
-/// multiplications they save). `DIFFUSION_NO_WINOGRAD=1` turns it off (for measurements).
+/// every side, and a size where the saved multiplications outweigh the transforms, whose loops
+/// run along a row of tiles and whose cost per multiply-add saved falls with the channels:
+/// rows of ≥ 16 tiles with ≥ 32 channels, or ≥ 8 tiles with ≥ 128 channels (measured with
+/// `benches/examples/convbench.rs`: at 8 × 8 with 256 channels and at 16 × 16 with 64, im2col
+/// is faster; at 32 × 32 with 128 channels Winograd's forward + backward is 1.3× faster).
+/// `DIFFUSION_NO_WINOGRAD=1` turns it off (for measurements).
 fn winograd_shape(g: &Geometry) -> Option<winograd::Shape> {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var_os("DIFFUSION_NO_WINOGRAD").is_some_and(|v| v != "0"));
     let fits = g.kernel == [3, 3] && g.stride == [1, 1] && g.pad == [1, 1] && g.out == g.hw;
-    (!off && fits && g.c_in >= 8 && g.c_out >= 8).then_some(winograd::Shape {
+    let (tiles, ch) = (g.hw[1].div_ceil(2), g.c_in.min(g.c_out));
+    let worth = (tiles >= 16 && ch >= 32) || (tiles >= 8 && ch >= 128);
+    (!off && fits && worth).then_some(winograd::Shape {
         batch: g.batch,
         c_in: g.c_in,
         c_out: g.c_out,

@@ -232,3 +232,128 @@ pub fn conv(s: &Shape, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     });
     out
 }
+
+/// `dM = A dY Aᵀ` (the adjoint of the output transform) for every tile of `gs` samples of `dy`
+/// (NCHW, `C_out` channels) into `dm` (`[16, C_out, T]`).
+fn grad_transform(s: &Shape, dy: &[f32], gs: usize, dm: &mut [f32], plane: &mut [f32], e: &mut [f32]) {
+    let ([h, w], [th, tw]) = (s.hw, s.tiles());
+    let pw = 2 * tw;
+    let t_all = gs * th * tw;
+    let stride_xi = s.c_out * t_all;
+    plane.fill(0.0);
+    for smp in 0..gs {
+        for co in 0..s.c_out {
+            let src = &dy[(smp * s.c_out + co) * h * w..][..h * w];
+            for (y, row) in src.chunks_exact(w).enumerate() {
+                plane[y * pw..][..w].copy_from_slice(row);
+            }
+            let base = co * t_all + smp * th * tw;
+            for ty in 0..th {
+                let (r0, r1) = (&plane[2 * ty * pw..][..pw], &plane[(2 * ty + 1) * pw..][..pw]);
+                // A·dY: rows y0, y0 + y1, y0 − y1, −y1, each a (left, right) pair: e[2a], e[2a + 1].
+                {
+                    let mut parts = e.chunks_exact_mut(tw);
+                    let mut next = || parts.next().expect("16 rows of scratch");
+                    let (l0, q0, l1, q1, l2, q2, l3, q3) =
+                        (next(), next(), next(), next(), next(), next(), next(), next());
+                    for tx in 0..tw {
+                        let (a, b, c, d) = (r0[2 * tx], r0[2 * tx + 1], r1[2 * tx], r1[2 * tx + 1]);
+                        l0[tx] = a;
+                        q0[tx] = b;
+                        l1[tx] = a + c;
+                        q1[tx] = b + d;
+                        l2[tx] = a - c;
+                        q2[tx] = b - d;
+                        l3[tx] = -c;
+                        q3[tx] = -d;
+                    }
+                }
+                // (A dY) Aᵀ: (p, q) → p, p + q, p − q, −q.
+                let at = base + ty * tw;
+                for a in 0..4 {
+                    let (p, q) = (&e[2 * a * tw..][..tw], &e[(2 * a + 1) * tw..][..tw]);
+                    let out = |b: usize| (4 * a + b) * stride_xi + at;
+                    dm[out(0)..][..tw].copy_from_slice(p);
+                    for (d, (x, y)) in dm[out(1)..][..tw].iter_mut().zip(p.iter().zip(q)) {
+                        *d = x + y;
+                    }
+                    for (d, (x, y)) in dm[out(2)..][..tw].iter_mut().zip(p.iter().zip(q)) {
+                        *d = x - y;
+                    }
+                    for (d, y) in dm[out(3)..][..tw].iter_mut().zip(q) {
+                        *d = -y;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weight gradient `[C_out, C_in, 3, 3]` and the bias gradient `[C_out]` of the
+/// convolution of `x` given `dy`, in the Winograd domain: `dU_ξ = dM_ξ · V_ξᵀ` (16 GEMMs
+/// contracting over the tiles), then `dg = Gᵀ dU G`.
+pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let threads = rayon::current_num_threads().max(1);
+    let tps = s.tiles_per_sample();
+    let gs = 512usize.div_ceil(tps).clamp(1, s.batch.div_ceil(threads).max(1));
+    let chunks = s.batch.div_ceil(gs);
+    let par = if chunks >= threads { Parallelism::None } else { Parallelism::Rayon(threads) };
+    let [h, w] = s.hw;
+    let [th, tw] = s.tiles();
+    let (in_len, out_len, mk) = (s.c_in * h * w, s.c_out * h * w, s.c_in * s.c_out);
+    let zero = || (vec![0f32; 16 * mk], vec![0f64; s.c_out]);
+    // Per task: dUᵀ ([16, C_in, C_out]: this orientation packs well) and Σ dY per channel.
+    let (dut, db) = x
+        .par_chunks(gs * in_len)
+        .zip(dy.par_chunks(gs * out_len))
+        .fold(zero, |(mut dut, mut db), (xs, dys)| {
+            let gs = xs.len() / in_len;
+            let t = gs * tps;
+            let plane_len = (2 * th + 2) * (2 * tw + 2);
+            with_scratch([16 * s.c_in * t, 16 * s.c_out * t, plane_len + 16 * tw], |v, dm, scratch| {
+                let (plane, e) = scratch.split_at_mut(plane_len);
+                input_transform(s, xs, gs, v, plane, e);
+                grad_transform(s, dys, gs, dm, plane, e);
+                let (kt, mt) = (s.c_in * t, s.c_out * t);
+                for xi in 0..16 {
+                    gemm_into(
+                        [s.c_in, s.c_out, t],
+                        &mut dut[xi * mk..(xi + 1) * mk],
+                        s.c_out,
+                        true,
+                        (&v[xi * kt..(xi + 1) * kt], 1, t),
+                        (&dm[xi * mt..(xi + 1) * mt], t, 1),
+                        1.0,
+                        par,
+                    );
+                }
+            });
+            for (k, plane) in dys.chunks_exact(h * w).enumerate() {
+                db[k % s.c_out] += plane.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+            (dut, db)
+        })
+        .reduce(zero, |(mut a, mut ab), (b, bb)| {
+            for (x, y) in a.iter_mut().zip(&b) {
+                *x += y;
+            }
+            for (x, y) in ab.iter_mut().zip(&bb) {
+                *x += y;
+            }
+            (a, ab)
+        });
+    // dg[ky][kx] = Σ_{a,b} G[a][ky] G[b][kx] dU[4a + b].
+    let mut dw = vec![0f32; mk * 9];
+    dw.par_chunks_mut(9).enumerate().for_each(|(j, g)| {
+        let (co, ci) = (j / s.c_in, j % s.c_in);
+        for (kk, gv) in g.iter_mut().enumerate() {
+            let (ky, kx) = (kk / 3, kk % 3);
+            let mut acc = 0f32;
+            for xi in 0..16 {
+                acc += G[xi / 4][ky] * G[xi % 4][kx] * dut[xi * mk + ci * s.c_out + co];
+            }
+            *gv = acc;
+        }
+    });
+    (dw, db.into_iter().map(|v| v as f32).collect())
+}
