@@ -7,7 +7,9 @@ const BACKEND_FEATURES: [&str; 10] =
     ["flex", "ndarray", "wgpu", "vulkan", "metal", "cuda", "rocm", "cpu", "tch", "remote"];
 
 /// Allowed workspace-internal dependencies (normal dependencies) per library crate.
-const LAYERS: [(&str, &[&str]); 4] = [
+const LAYERS: [(&str, &[&str]); 5] = [
+    // The binaries' allocator: no library may depend on it (none lists it below).
+    ("diffusion-alloc", &[]),
     ("diffusion-core", &[]),
     ("diffusion-models", &[]),
     // (diffusion-models may not use diffusion-core either: networks know nothing of schedules.)
