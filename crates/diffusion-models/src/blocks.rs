@@ -11,7 +11,6 @@ use burn::nn::{
     Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d,
 };
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 use burn::tensor::module::{avg_pool2d, interpolate};
 use burn::tensor::ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions};
 use serde::{Deserialize, Serialize};
@@ -283,7 +282,7 @@ impl ResBlock {
         };
         let h = crate::ops::conv2d(&self.in_layers.conv, h);
         let [b, c, _, _] = h.dims();
-        let emb_out = self.emb_layers.linear.forward(silu(emb));
+        let emb_out = self.emb_layers.linear.forward(crate::ops::silu(emb));
         let e = emb_out.dims()[1];
         let emb_out = emb_out.reshape([b, e, 1, 1]);
         let h = if self.use_scale_shift_norm {

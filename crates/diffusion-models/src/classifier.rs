@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{relu, silu};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -264,19 +264,21 @@ impl EncoderUNet {
         match &self.out {
             ClassifierHead::Adaptive(head) => {
                 let [b, c, hh, ww] = h.dims();
-                let pooled =
-                    silu(head.norm.forward(h)).reshape([b, c, hh * ww]).mean_dim(2).reshape([b, c, 1, 1]);
+                let pooled = crate::ops::silu(head.norm.forward(h))
+                    .reshape([b, c, hh * ww])
+                    .mean_dim(2)
+                    .reshape([b, c, 1, 1]);
                 let y = crate::ops::conv2d(&head.conv, pooled);
                 let k = y.dims()[1];
                 y.reshape([b, k])
             }
-            ClassifierHead::Attention(head) => head.pool.forward(silu(head.norm.forward(h))),
+            ClassifierHead::Attention(head) => head.pool.forward(crate::ops::silu(head.norm.forward(h))),
             ClassifierHead::Spatial(head) => {
                 feats.push(pool_mean(&h));
                 let f = Tensor::cat(feats, 1);
                 let z = head.linear_1.forward(f);
                 let z = match &head.norm {
-                    Some(norm) => silu(norm.forward(z)),
+                    Some(norm) => crate::ops::silu(norm.forward(z)),
                     None => relu(z),
                 };
                 head.linear_2.forward(z)

@@ -3,7 +3,6 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use crate::embedding::{MAX_PERIOD, timestep_embedding};
@@ -85,10 +84,14 @@ impl Mlp {
     /// # Shapes
     /// `x: [B, data_dim]`, `timesteps: [B]` → `[B, out_dim]`.
     pub fn forward(&self, x: Tensor<2>, timesteps: Tensor<1>) -> Tensor<2> {
-        let temb = silu(self.time_proj.forward(timestep_embedding(timesteps, self.time_dim, MAX_PERIOD)));
-        let mut h = silu(self.input.forward(x) + temb.clone());
+        let temb = crate::ops::silu(self.time_proj.forward(timestep_embedding(
+            timesteps,
+            self.time_dim,
+            MAX_PERIOD,
+        )));
+        let mut h = crate::ops::silu(self.input.forward(x) + temb.clone());
         for layer in &self.hidden {
-            h = silu(layer.forward(h) + temb.clone());
+            h = crate::ops::silu(layer.forward(h) + temb.clone());
         }
         self.output.forward(h)
     }

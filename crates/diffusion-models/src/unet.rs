@@ -4,7 +4,6 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::blocks::{
@@ -339,7 +338,7 @@ impl TimeEmbed {
     /// # Shapes
     /// `[B, model_channels] → [B, 4·model_channels]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.linear_2.forward(silu(self.linear_1.forward(x)))
+        self.linear_2.forward(crate::ops::silu(self.linear_1.forward(x)))
     }
 }
 

@@ -4,6 +4,7 @@
 //! | op | fused on | elsewhere |
 //! |---|---|---|
 //! | [`norm_scale_shift_silu`]: SiLU(GroupNorm(x) · (1 + scale) + shift) | the CPU backend (`flex`), plain (sampling, evaluation) and autodiff (training: one graph node with its own backward), with the `cpu-kernels` feature | composite: GroupNorm, mul, add, SiLU (other devices, gradient checkpointing) |
+//! | [`silu`]: x·σ(x) | the CPU backend, plain and autodiff (vectorised exp; one node with its own backward) | burn's `silu` |
 //! | [`qkv_attention`]: ADM's attention over a packed qkv (both head orders), never materialising the `[B·H, L, L]` scores | the CPU backend, plain and autodiff (backward recomputes the softmax from saved row log-sum-exps) | composite: chunk, matmul, softmax, matmul |
 //! | [`conv2d`] (and [`conv1d`] for the 1×1 projections of attention): GEMMs over per-thread im2col tiles in NCHW, with a GEMM-shaped weight gradient | the CPU backend, plain and autodiff, with the `cpu-kernels` feature; explicit or no zero padding, one group, dilation 1 | burn's `Conv2d::forward` / `Conv1d::forward` |
 //!
@@ -14,7 +15,7 @@
 use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::{GroupNorm, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 
 use crate::blocks::AttentionOrder;
 
@@ -62,7 +63,7 @@ pub fn norm_scale_shift_silu_composite(
         Some((scale, shift)) => h * scale.add_scalar(1.0) + shift,
         None => h,
     };
-    if apply_silu { silu(h) } else { h }
+    if apply_silu { burn::tensor::activation::silu(h) } else { h }
 }
 
 /// A 2-D convolution by the module `conv`.
@@ -136,6 +137,15 @@ pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     }
     let _ = pointwise;
     conv.forward(x)
+}
+
+/// SiLU, `x·σ(x)`, element-wise.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "cpu-kernels")]
+    if let Some(y) = cpu::act::silu(&x) {
+        return y;
+    }
+    burn::tensor::activation::silu(x)
 }
 
 /// Scaled dot-product attention over a packed `qkv` tensor, with ADM's scaling (q and k each by

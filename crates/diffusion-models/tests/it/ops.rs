@@ -6,7 +6,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use diffusion_models::AttentionOrder;
 use diffusion_models::ops::{
     conv_kernel_available, conv1d, conv2d, fused_norm_available, norm_scale_shift_silu,
-    norm_scale_shift_silu_composite, qkv_attention, qkv_attention_composite,
+    norm_scale_shift_silu_composite, qkv_attention, qkv_attention_composite, silu,
 };
 
 fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
@@ -268,6 +268,35 @@ fn fused_attention_equals_the_composite_in_both_head_orders() {
                 for (k, name) in ["output", "dqkv"].iter().enumerate().take(ours.len()) {
                     assert_close(&ours[k], &burn[k], &format!("{case} {device:?} {name}"));
                 }
+            }
+        }
+    }
+}
+
+/// SiLU against burn's, on the plain device and with its gradient on the autodiff device, over
+/// a range that reaches the exp clamps (|x| up to 120), for a size split across threads.
+#[test]
+fn silu_kernel_equals_burn_silu() {
+    for n in [7usize, 70_001] {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let grad = device.is_autodiff();
+            let run = |ours: bool| {
+                let x = Tensor::<1>::from_floats(wave(n, 0.37).as_slice(), &device)
+                    .mul_scalar(150.0)
+                    .reshape([n, 1]);
+                let x = if grad { x.require_grad() } else { x };
+                let y = if ours { silu(x.clone()) } else { burn::tensor::activation::silu(x.clone()) };
+                let mut out = vec![flat(Some(y.clone()))];
+                if grad {
+                    let w = Tensor::<1>::from_floats(wave(n, 0.11).as_slice(), &device).reshape([n, 1]);
+                    let grads = (y * w).sum().backward();
+                    out.push(flat(x.grad(&grads)));
+                }
+                out
+            };
+            let (ours, burn) = (run(true), run(false));
+            for (k, name) in ["output", "dx"].iter().enumerate().take(ours.len()) {
+                assert_close(&ours[k], &burn[k], &format!("silu n {n} {device:?} {name}"));
             }
         }
     }

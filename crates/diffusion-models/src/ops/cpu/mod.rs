@@ -6,6 +6,7 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::{Autodiff, BackendTypes, Flex};
 use burn::tensor::{Tensor, TensorData};
 
+pub mod act;
 pub mod attention;
 pub mod conv;
 pub mod gemm;

@@ -1,0 +1,77 @@
+//! SiLU, `x·σ(x)`, element-wise with [`exp_f32`](super::norm::exp_f32) (vectorised) instead of a
+//! library `expf` per element; on the autodiff device one node whose backward is
+//! `dy·σ(x)·(1 + x·(1 − σ(x)))`.
+
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::Tensor;
+use rayon::prelude::*;
+
+use super::norm::exp_f32;
+use super::{Ad, FlexFloat, contiguous_f32, flex_from};
+
+/// Elements per parallel task (below this, one thread: the split costs more than it saves).
+const GRAIN: usize = 1 << 15;
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-z))
+}
+
+fn map2(a: &[f32], b: Option<&[f32]>, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let run = |o: &mut [f32], a: &[f32], b: Option<&[f32]>| match b {
+        Some(b) => o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = f(x, y)),
+        None => o.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, 0.0)),
+    };
+    if a.len() <= GRAIN {
+        run(&mut out, a, b);
+    } else {
+        out.par_chunks_mut(GRAIN).enumerate().for_each(|(i, o)| {
+            let r = i * GRAIN..i * GRAIN + o.len();
+            run(o, &a[r.clone()], b.map(|b| &b[r]));
+        });
+    }
+    out
+}
+
+#[derive(Debug)]
+struct SiluBackward;
+
+impl Backward<Flex, 1> for SiluBackward {
+    type State = (FlexFloat, Vec<usize>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (x, shape) = ops.state;
+        let dy = contiguous_f32(grads.consume::<Flex>(&ops.node)).expect("f32 output gradient");
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let xs = x.as_slice::<f32>().expect("contiguous f32 input");
+            let dx = map2(dy.as_slice::<f32>().expect("contiguous f32 gradient"), Some(xs), |d, x| {
+                let s = sigmoid(x);
+                d * s * (1.0 + x * (1.0 - s))
+            });
+            grads.register::<Flex>(node.id, flex_from(dx, shape));
+        }
+    }
+}
+
+/// SiLU on the CPU device, plain or autodiff; `None` elsewhere.
+pub fn silu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    let shape = x.dims().to_vec();
+    if let Ok(p) = x.clone().try_into_primitive::<Flex>() {
+        let p = contiguous_f32(p)?;
+        let out = map2(p.as_slice::<f32>()?, None, |v, _| v * sigmoid(v));
+        return Some(Tensor::from_primitive::<Flex>(flex_from(out, shape)));
+    }
+    let a = x.clone().try_into_primitive::<Ad>().ok()?;
+    let p = contiguous_f32(a.primitive().clone())?;
+    let out = flex_from(map2(p.as_slice::<f32>()?, None, |v, _| v * sigmoid(v)), shape.clone());
+    let result = match SiluBackward.prepare::<NoCheckpointing>([a.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((p, shape), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Ad>(result))
+}
