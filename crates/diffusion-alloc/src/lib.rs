@@ -31,7 +31,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Tells mimalloc never to return freed memory to the OS (`purge_delay = −1`), unless the
 /// environment already sets `MIMALLOC_PURGE_DELAY` (which then wins). Returns the delay in
 /// effect afterwards, in milliseconds (−1: never).
-#[allow(unsafe_code)]
+// `c_long` is i64 here but i32 on Windows, hence the conversion.
+#[allow(unsafe_code, clippy::useless_conversion)]
 pub fn keep_freed_memory() -> i64 {
     // SAFETY: `mi_option_get` and `mi_option_set` read and store one integer in mimalloc's
     // option table; any option index below `_mi_option_last` is valid, and 15 is.

@@ -140,7 +140,8 @@ fn wave(n: usize, k: f32) -> Vec<f32> {
 #[test]
 fn conv2d_kernel_equals_burn_conv_with_every_gradient() {
     // (batch, c_in, c_out, h, w, kernel, stride, padding (top, left, bottom, right), bias)
-    let cases: &[(usize, usize, usize, usize, usize, usize, usize, (usize, usize, usize, usize), bool)] = &[
+    type Case = (usize, usize, usize, usize, usize, usize, usize, (usize, usize, usize, usize), bool);
+    let cases: &[Case] = &[
         (3, 4, 6, 8, 8, 3, 1, (1, 1, 1, 1), true),
         (2, 5, 3, 9, 7, 3, 2, (1, 1, 1, 1), true),
         (4, 6, 5, 6, 6, 1, 1, (0, 0, 0, 0), true),

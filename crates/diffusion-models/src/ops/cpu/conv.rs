@@ -257,16 +257,12 @@ pub fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) ->
     out
 }
 
+/// `dx` (when asked) and `(dW, db)` (when asked).
+type Grads = (Option<Vec<f32>>, Option<(Vec<f32>, Vec<f32>)>);
+
 /// Gradients of a convolution given `dy` (NCHW, contiguous): `dx` when asked, and `dW`
 /// (`[C_out, K]`) with `db` (`[C_out]`) when asked.
-pub fn backward(
-    g: &Geometry,
-    x: &[f32],
-    weight: &[f32],
-    dy: &[f32],
-    need_dx: bool,
-    need_dw: bool,
-) -> (Option<Vec<f32>>, Option<(Vec<f32>, Vec<f32>)>) {
+pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], need_dx: bool, need_dw: bool) -> Grads {
     let (k, p, co) = (g.k(), g.p(), g.c_out);
     let (gs, chunks, par) = plan(g);
     // The input gradient by Winograd where it applies (a convolution of dY with the flipped,
