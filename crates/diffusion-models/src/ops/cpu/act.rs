@@ -11,13 +11,23 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, contiguous_f32, flex_from};
+use super::{Ad, FlexFloat, contiguous_f32, dispatch, flex_from};
 
 /// Elements per parallel task (below this, one thread: the split costs more than it saves).
 const GRAIN: usize = 1 << 15;
 
+#[inline(always)]
 fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-z))
+}
+
+/// Runs `f` in an AVX2 + FMA context; `f` (a closure over `#[inline(always)]` code) is inlined
+/// into it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn avx2(f: impl FnOnce()) {
+    f()
 }
 
 fn map2(a: &[f32], b: Option<&[f32]>, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
@@ -26,6 +36,7 @@ fn map2(a: &[f32], b: Option<&[f32]>, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec
         Some(b) => o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = f(x, y)),
         None => o.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, 0.0)),
     };
+    let run = |o: &mut [f32], a: &[f32], b: Option<&[f32]>| dispatch!(avx2(|| run(o, a, b)), run(o, a, b));
     if a.len() <= GRAIN {
         run(&mut out, a, b);
     } else {

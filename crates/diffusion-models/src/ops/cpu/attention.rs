@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, contiguous_f32, flex_from, max_lanes, sum_by};
+use super::{Ad, FlexFloat, contiguous_f32, dispatch, flex_from, max_lanes, sum_by};
 use crate::blocks::AttentionOrder;
 
 /// Shapes of one call.
@@ -73,6 +73,62 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R
 
 const SEQ: Parallelism = Parallelism::None;
 
+/// Row softmax of `p` (`[L, L]`) in place, each row's log-sum-exp into `lse`.
+#[inline(always)]
+fn softmax_rows(p: &mut [f32], lse: &mut [f32], l: usize) {
+    for (row, lse) in p.chunks_exact_mut(l).zip(lse) {
+        let m = max_lanes(row);
+        for v in row.iter_mut() {
+            *v = exp_f32(*v - m);
+        }
+        let sum = sum_by(l, |i| row[i]);
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+        *lse = m + sum.ln();
+    }
+}
+
+/// `P = exp(S − lse)` row by row, in place.
+#[inline(always)]
+fn exp_rows(p: &mut [f32], lse: &[f32], l: usize) {
+    for (row, &m) in p.chunks_exact_mut(l).zip(lse) {
+        for v in row.iter_mut() {
+            *v = exp_f32(*v - m);
+        }
+    }
+}
+
+/// `dS = P ⊙ (dP − rowsum(P ⊙ dP))`, in place in `dp`.
+#[inline(always)]
+fn softmax_grad_rows(dp: &mut [f32], p: &[f32], l: usize) {
+    for (drow, prow) in dp.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
+        let dot = sum_by(l, |i| drow[i] * prow[i]);
+        for (d, &pv) in drow.iter_mut().zip(prow) {
+            *d = pv * (*d - dot);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_rows_avx2(p: &mut [f32], lse: &mut [f32], l: usize) {
+    softmax_rows(p, lse, l)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_rows_avx2(p: &mut [f32], lse: &[f32], l: usize) {
+    exp_rows(p, lse, l)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_grad_rows_avx2(dp: &mut [f32], p: &[f32], l: usize) {
+    softmax_grad_rows(dp, p, l)
+}
+
 /// `S = s²·qᵀk` into `p` (`[L, L]`, row t, column s).
 fn scores(g: &Geometry, q: &[f32], k: &[f32], p: &mut [f32]) {
     let l = g.len;
@@ -93,18 +149,8 @@ fn forward(g: &Geometry, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
                     let [oq, ok, ov] = g.offsets(h);
                     let (q, k, v) = (&x[oq..oq + ch * l], &x[ok..ok + ch * l], &x[ov..ov + ch * l]);
                     scores(g, q, k, p);
-                    for (row, lse) in p.chunks_exact_mut(l).zip(&mut lse[h * l..(h + 1) * l]) {
-                        let m = max_lanes(row);
-                        for v in row.iter_mut() {
-                            *v = exp_f32(*v - m);
-                        }
-                        let sum = sum_by(l, |i| row[i]);
-                        let inv = 1.0 / sum;
-                        for v in row.iter_mut() {
-                            *v *= inv;
-                        }
-                        *lse = m + sum.ln();
-                    }
+                    let lse = &mut lse[h * l..(h + 1) * l];
+                    dispatch!(softmax_rows_avx2(p, lse, l), softmax_rows(p, lse, l));
                     // a[c, t] = Σ_s v[c, s] P[t, s].
                     let a = &mut out[h * ch * l..(h + 1) * ch * l];
                     gemm_into([ch, l, l], a, l, false, (v, 1, l), (p, l, 1), 1.0, SEQ);
@@ -129,11 +175,8 @@ fn backward(g: &Geometry, qkv: &[f32], lse: &[f32], da: &[f32]) -> Vec<f32> {
                     let da = &da[h * ch * l..(h + 1) * ch * l];
                     // P from the saved log-sum-exp.
                     scores(g, q, k, p);
-                    for (row, &m) in p.chunks_exact_mut(l).zip(&lse[h * l..(h + 1) * l]) {
-                        for v in row.iter_mut() {
-                            *v = exp_f32(*v - m);
-                        }
-                    }
+                    let lse = &lse[h * l..(h + 1) * l];
+                    dispatch!(exp_rows_avx2(p, lse, l), exp_rows(p, lse, l));
                     // dv[c, s] = Σ_t da[c, t] P[t, s].
                     gemm_into(
                         [ch, l, l],
@@ -147,12 +190,7 @@ fn backward(g: &Geometry, qkv: &[f32], lse: &[f32], da: &[f32]) -> Vec<f32> {
                     );
                     // dP[t, s] = Σ_c da[c, t] v[c, s]; then dS = P ⊙ (dP − rowsum(P ⊙ dP)) in dp.
                     gemm_into([l, l, ch], dp, l, false, (da, l, 1), (v, 1, l), 1.0, SEQ);
-                    for (drow, prow) in dp.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
-                        let dot = sum_by(l, |i| drow[i] * prow[i]);
-                        for (d, &pv) in drow.iter_mut().zip(prow) {
-                            *d = pv * (*d - dot);
-                        }
-                    }
+                    dispatch!(softmax_grad_rows_avx2(dp, p, l), softmax_grad_rows(dp, p, l));
                     // dq[c, t] = s² Σ_s k[c, s] dS[t, s]; dk[c, s] = s² Σ_t q[c, t] dS[t, s].
                     gemm_into(
                         [ch, l, l],

@@ -15,7 +15,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::{Ad, FlexFloat, LANES, contiguous_f32, flex_from, sum_by};
+use super::{Ad, FlexFloat, LANES, contiguous_f32, dispatch, flex_from, sum_by};
 
 /// `eˣ` in f32 without a library call, so that loops over it vectorise: 2ⁿ·p(r) with
 /// `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2` and a degree-6 Taylor polynomial (relative error
@@ -26,20 +26,56 @@ pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    // 1.5·2²³: adding and subtracting it rounds to the nearest integer.
+    // 1.5·2²³: adding it rounds x·log₂e to an integer n held in the low mantissa bits, so n and
+    // 2ⁿ come from integer arithmetic on the bits (no float → int conversion, which would not
+    // vectorise).
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// `1 / (1 + e⁻ᶻ)`.
 #[inline(always)]
 fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-z))
+}
+
+/// `dst = SiLU(a·src + b)`.
+#[inline(always)]
+fn affine_silu(dst: &mut [f32], src: &[f32], a: f32, b: f32) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let z = v * a + b;
+        *d = z * sigmoid(z);
+    }
+}
+
+/// `dz = dy·SiLU′(z)` with `z = ((x − mean)·rstd)·ga + ba`, `[mean, rstd, ga, ba] = c`.
+#[inline(always)]
+fn silu_grad(dz: &mut [f32], xs: &[f32], dys: &[f32], [mean, rstd, ga, ba]: [f32; 4]) {
+    for ((d, &xv), &dyv) in dz.iter_mut().zip(xs).zip(dys) {
+        let z = ((xv - mean) * rstd) * ga + ba;
+        let sg = sigmoid(z);
+        *d = dyv * sg * (1.0 + z * (1.0 - sg));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn affine_silu_avx2(dst: &mut [f32], src: &[f32], a: f32, b: f32) {
+    affine_silu(dst, src, a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_grad_avx2(dz: &mut [f32], xs: &[f32], dys: &[f32], c: [f32; 4]) {
+    silu_grad(dz, xs, dys, c)
 }
 
 /// Everything the kernels need, held by handle (contiguous f32 primitives).
@@ -125,10 +161,7 @@ fn forward(i: &Inputs, st: &[(f64, f64)]) -> Vec<f32> {
     out.par_chunks_mut(hw).zip(i.x().par_chunks(hw)).enumerate().for_each(|(k, (dst, src))| {
         let (a, b) = coefficients(i, st, k / c, k % c);
         if i.silu {
-            for (d, &v) in dst.iter_mut().zip(src) {
-                let z = v * a + b;
-                *d = z * sigmoid(z);
-            }
+            dispatch!(affine_silu_avx2(dst, src, a, b), affine_silu(dst, src, a, b));
         } else {
             for (d, &v) in dst.iter_mut().zip(src) {
                 *d = v * a + b;
@@ -165,11 +198,8 @@ fn backward(i: &Inputs, st: &[(f64, f64)], dy: &[f32]) -> (Vec<f32>, Vec<f32>, V
                 let (xs, dys) = (&x[base..base + hw], &dy[base..base + hw]);
                 if i.silu {
                     let (ga, ba) = (gam * (1.0 + s), bet * (1.0 + s) + t);
-                    for ((d, &xv), &dyv) in dxc.iter_mut().zip(xs).zip(dys) {
-                        let z = ((xv - meanf) * rstdf) * ga + ba;
-                        let sg = sigmoid(z);
-                        *d = dyv * sg * (1.0 + z * (1.0 - sg));
-                    }
+                    let c = [meanf, rstdf, ga, ba];
+                    dispatch!(silu_grad_avx2(dxc, xs, dys, c), silu_grad(dxc, xs, dys, c));
                 } else {
                     dxc.copy_from_slice(dys);
                 }
