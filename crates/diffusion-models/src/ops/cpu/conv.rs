@@ -24,6 +24,7 @@ use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::avx2_variant;
 use super::gemm::gemm_into;
 use super::winograd;
 use super::{Ad, FlexFloat, contiguous_f32, flex_from};
@@ -132,7 +133,8 @@ fn valid_cols(ow: usize, w: usize, kx: usize, pad: usize) -> (usize, usize) {
 }
 
 /// Writes the im2col matrix of `gs` consecutive samples `x` into `col` (`[K, gs·P]`, row-major).
-fn im2col(g: &Geometry, x: &[f32], gs: usize, col: &mut [f32]) {
+#[inline(always)]
+fn im2col_body(g: &Geometry, x: &[f32], gs: usize, col: &mut [f32]) {
     let ([h, w], [_, ow], [kh, kw]) = (g.hw, g.out, g.kernel);
     let ([sh, sw], [pt, pl]) = (g.stride, g.pad);
     let (p, ld) = (g.p(), gs * g.p());
@@ -170,7 +172,8 @@ fn im2col(g: &Geometry, x: &[f32], gs: usize, col: &mut [f32]) {
 
 /// Adds the columns `dcol` (`[K, gs·P]`) back onto the input positions they were read from
 /// (the adjoint of [`im2col`]), into `dx` (`gs` samples, which must start at zero).
-fn col2im(g: &Geometry, dcol: &[f32], gs: usize, dx: &mut [f32]) {
+#[inline(always)]
+fn col2im_body(g: &Geometry, dcol: &[f32], gs: usize, dx: &mut [f32]) {
     let ([h, w], [_, ow], [kh, kw]) = (g.hw, g.out, g.kernel);
     let ([sh, sw], [pt, pl]) = (g.stride, g.pad);
     let (p, ld) = (g.p(), gs * g.p());
@@ -472,3 +475,13 @@ pub fn conv2d(
     };
     Some(Tensor::from_primitive::<Ad>(result))
 }
+
+avx2_variant!(
+    /// See [`im2col_body`].
+    fn im2col => im2col_body(g: &Geometry, x: &[f32], gs: usize, col: &mut [f32])
+);
+
+avx2_variant!(
+    /// See [`col2im_body`].
+    fn col2im => col2im_body(g: &Geometry, dcol: &[f32], gs: usize, dx: &mut [f32])
+);

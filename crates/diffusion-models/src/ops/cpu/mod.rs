@@ -124,3 +124,20 @@ macro_rules! dispatch {
     }};
 }
 pub(crate) use dispatch;
+
+/// Defines `fn $name(args)` that runs `$body(args)` (an `#[inline(always)]` kernel loop) in its
+/// AVX2 + FMA build when the CPU has them (see [`dispatch`]), its baseline build otherwise.
+macro_rules! avx2_variant {
+    ($(#[$meta:meta])* fn $name:ident => $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            $crate::ops::cpu::dispatch!(avx2($($arg),*), $body($($arg),*))
+        }
+    };
+}
+pub(crate) use avx2_variant;

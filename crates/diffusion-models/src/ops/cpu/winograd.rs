@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::avx2_variant;
 use super::gemm::gemm_into;
 
 /// Shapes of one Winograd convolution (3×3, stride 1, padding 1: output size = input size).
@@ -91,7 +92,8 @@ fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut
 
 /// `V = Bᵀ d B` for every tile of `gs` samples of `x` into `v` (`[16, C_in, T]`). Per tile row,
 /// every step runs across the row's tiles (contiguous writes, so the loops vectorise).
-fn input_transform(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [f32], e: &mut [f32]) {
+#[inline(always)]
+fn input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [f32], e: &mut [f32]) {
     let ([h, w], [th, tw]) = (s.hw, s.tiles());
     let pw = 2 * tw + 2;
     let t_all = gs * th * tw;
@@ -149,7 +151,15 @@ fn input_transform(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [
 
 /// `Y = Aᵀ M A` (+ bias) from `m` (`[16, C_out, T]`) into `y` (`gs` samples, NCHW), a tile row
 /// at a time across its tiles.
-fn output_transform(s: &Shape, m: &[f32], gs: usize, bias: Option<&[f32]>, y: &mut [f32], e: &mut [f32]) {
+#[inline(always)]
+fn output_transform_body(
+    s: &Shape,
+    m: &[f32],
+    gs: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    e: &mut [f32],
+) {
     let ([h, w], [th, tw]) = (s.hw, s.tiles());
     let t_all = gs * th * tw;
     let stride_xi = s.c_out * t_all;
@@ -235,7 +245,8 @@ pub fn conv(s: &Shape, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
 
 /// `dM = A dY Aᵀ` (the adjoint of the output transform) for every tile of `gs` samples of `dy`
 /// (NCHW, `C_out` channels) into `dm` (`[16, C_out, T]`).
-fn grad_transform(s: &Shape, dy: &[f32], gs: usize, dm: &mut [f32], plane: &mut [f32], e: &mut [f32]) {
+#[inline(always)]
+fn grad_transform_body(s: &Shape, dy: &[f32], gs: usize, dm: &mut [f32], plane: &mut [f32], e: &mut [f32]) {
     let ([h, w], [th, tw]) = (s.hw, s.tiles());
     let pw = 2 * tw;
     let t_all = gs * th * tw;
@@ -357,3 +368,18 @@ pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     });
     (dw, db.into_iter().map(|v| v as f32).collect())
 }
+
+avx2_variant!(
+    /// See [`input_transform_body`].
+    fn input_transform => input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [f32], e: &mut [f32])
+);
+
+avx2_variant!(
+    /// See [`output_transform_body`].
+    fn output_transform => output_transform_body(s: &Shape, m: &[f32], gs: usize, bias: Option<&[f32]>, y: &mut [f32], e: &mut [f32])
+);
+
+avx2_variant!(
+    /// See [`grad_transform_body`].
+    fn grad_transform => grad_transform_body(s: &Shape, dy: &[f32], gs: usize, dm: &mut [f32], plane: &mut [f32], e: &mut [f32])
+);
