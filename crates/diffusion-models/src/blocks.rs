@@ -290,11 +290,11 @@ impl ResBlock {
             let shift = parts.pop().expect("2 parts");
             let scale = parts.pop().expect("2 parts");
             let h = crate::ops::norm_scale_shift_silu(&self.out_layers.norm, h, Some((scale, shift)), true);
-            crate::ops::conv2d(&self.out_layers.conv, self.out_layers.dropout.forward(h))
+            crate::ops::conv2d(&self.out_layers.conv, crate::ops::dropout(&self.out_layers.dropout, h))
         } else {
             debug_assert_eq!(e, c);
             let h = crate::ops::norm_scale_shift_silu(&self.out_layers.norm, h + emb_out, None, true);
-            crate::ops::conv2d(&self.out_layers.conv, self.out_layers.dropout.forward(h))
+            crate::ops::conv2d(&self.out_layers.conv, crate::ops::dropout(&self.out_layers.dropout, h))
         };
         let skip = match &self.skip_connection {
             Some(conv) => crate::ops::conv2d(conv, x),

@@ -4,6 +4,7 @@
 //! | op | fused on | elsewhere |
 //! |---|---|---|
 //! | [`norm_scale_shift_silu`]: SiLU(GroupNorm(x) · (1 + scale) + shift) | the CPU backend (`flex`), plain (sampling, evaluation) and autodiff (training: one graph node with its own backward), with the `cpu-kernels` feature | composite: GroupNorm, mul, add, SiLU (other devices, gradient checkpointing) |
+//! | [`dropout`]: inverted dropout | the autodiff CPU device (mask from a counter-based hash keyed by the device's seeded generator, one pass, kept for the backward) — a different random stream from burn's, equally distributed and as reproducible | burn's `Dropout::forward` |
 //! | [`silu`]: x·σ(x) | the CPU backend, plain and autodiff (vectorised exp; one node with its own backward) | burn's `silu` |
 //! | [`qkv_attention`]: ADM's attention over a packed qkv (both head orders), never materialising the `[B·H, L, L]` scores | the CPU backend, plain and autodiff (backward recomputes the softmax from saved row log-sum-exps) | composite: chunk, matmul, softmax, matmul |
 //! | [`conv2d`] (and [`conv1d`] for the 1×1 projections of attention): GEMMs over per-thread im2col tiles in NCHW, with a GEMM-shaped weight gradient | the CPU backend, plain and autodiff, with the `cpu-kernels` feature; explicit or no zero padding, one group, dilation 1 | burn's `Conv2d::forward` / `Conv1d::forward` |
@@ -13,7 +14,7 @@
 //! fused path is tested for equality with its composite fallback (`tests/it/ops.rs`).
 
 use burn::nn::conv::{Conv1d, Conv2d};
-use burn::nn::{GroupNorm, PaddingConfig1d, PaddingConfig2d};
+use burn::nn::{Dropout, GroupNorm, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
@@ -137,6 +138,20 @@ pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     }
     let _ = pointwise;
     conv.forward(x)
+}
+
+/// Dropout by the module `dropout`: the identity outside training (a frozen module, a device
+/// without autodiff, probability 0).
+pub fn dropout<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "cpu-kernels")]
+    if dropout.training.is_enabled()
+        && dropout.prob > 0.0
+        && dropout.prob < 1.0
+        && let Some(y) = cpu::act::dropout(&x, dropout.prob)
+    {
+        return y;
+    }
+    dropout.forward(x)
 }
 
 /// SiLU, `x·σ(x)`, element-wise.

@@ -1,11 +1,11 @@
 //! The op layer: every fused path equals its composite fallback.
 
 use burn::nn::conv::{Conv1dConfig, Conv2d, Conv2dConfig};
-use burn::nn::{GroupNormConfig, Initializer, PaddingConfig2d};
+use burn::nn::{DropoutConfig, GroupNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor};
 use diffusion_models::AttentionOrder;
 use diffusion_models::ops::{
-    conv_kernel_available, conv1d, conv2d, fused_norm_available, norm_scale_shift_silu,
+    conv_kernel_available, conv1d, conv2d, dropout, fused_norm_available, norm_scale_shift_silu,
     norm_scale_shift_silu_composite, qkv_attention, qkv_attention_composite, silu,
 };
 
@@ -301,4 +301,51 @@ fn silu_kernel_equals_burn_silu() {
             }
         }
     }
+}
+
+/// Our dropout draws a different random stream from burn's, so it is checked against the
+/// definition instead: on the autodiff device every output is 0 or x/(1 − p), the dropped
+/// fraction is p within 4 standard errors, the gradient is the same mask times dy, a re-seeded
+/// device reproduces the mask, a different seed changes it; outside training (plain device,
+/// p = 0) it is the identity.
+#[test]
+fn dropout_kernel_follows_the_definition() {
+    let device = Device::flex().autodiff();
+    let (n, p) = (200_003usize, 0.3f64);
+    let module = DropoutConfig::new(p).init();
+    let vals = wave(n, 0.37).iter().map(|v| v + 2.0).collect::<Vec<f32>>(); // all ≥ 1.1: never 0
+    let run = |seed: u64| {
+        device.seed(seed);
+        let x = Tensor::<1>::from_floats(vals.as_slice(), &device).require_grad();
+        let y = dropout(&module, x.clone());
+        let w = Tensor::<1>::from_floats(wave(n, 0.11).as_slice(), &device);
+        let grads = (y.clone() * w).sum().backward();
+        (flat(Some(y)), flat(x.grad(&grads)))
+    };
+    let (y, dx) = run(7);
+    let w = wave(n, 0.11);
+    let keep = (1.0 - p) as f32;
+    let mut dropped = 0usize;
+    for i in 0..n {
+        if y[i] == 0.0 {
+            dropped += 1;
+            assert_eq!(dx[i], 0.0, "a dropped element passes no gradient");
+        } else {
+            assert!((y[i] - vals[i] / keep).abs() <= 1e-6 * y[i].abs(), "kept elements are scaled by 1/keep");
+            assert!(
+                (dx[i] - w[i] / keep).abs() <= 1e-6 * (w[i] / keep).abs().max(1.0),
+                "gradient of a kept element"
+            );
+        }
+    }
+    let frac = dropped as f64 / n as f64;
+    let se = (p * (1.0 - p) / n as f64).sqrt();
+    assert!((frac - p).abs() < 4.0 * se, "dropped fraction {frac}, expected {p} ± {}", 4.0 * se);
+    assert_eq!(run(7).0, y, "the same device seed gives the same mask");
+    assert_ne!(run(8).0, y, "another seed gives another mask");
+    // Identity where dropout does not apply.
+    let plain = Tensor::<1>::from_floats(vals.as_slice(), &Device::flex());
+    assert_eq!(flat(Some(dropout(&module, plain))), vals);
+    let x = Tensor::<1>::from_floats(vals.as_slice(), &device);
+    assert_eq!(flat(Some(dropout(&DropoutConfig::new(0.0).init(), x))), vals);
 }
