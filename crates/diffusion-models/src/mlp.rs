@@ -89,9 +89,9 @@ impl Mlp {
             self.time_dim,
             MAX_PERIOD,
         )));
-        let mut h = crate::ops::silu(self.input.forward(x) + temb.clone());
+        let mut h = crate::ops::linear_add_silu(&self.input, x, temb.clone());
         for layer in &self.hidden {
-            h = crate::ops::silu(layer.forward(h) + temb.clone());
+            h = crate::ops::linear_add_silu(layer, h, temb.clone());
         }
         self.output.forward(h)
     }

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | [`norm_scale_shift_silu`]: SiLU(GroupNorm(x) · (1 + scale) + shift) | the CPU backend (`flex`), plain (sampling, evaluation) and autodiff (training: one graph node with its own backward), with the `cpu-kernels` feature | composite: GroupNorm, mul, add, SiLU (other devices, gradient checkpointing) |
 //! | [`dropout`]: inverted dropout | the autodiff CPU device (mask from a counter-based hash keyed by the device's seeded generator, one pass, kept for the backward) — a different random stream from burn's, equally distributed and as reproducible | burn's `Dropout::forward` |
+//! | [`linear_add_silu`]: SiLU(h·W + b + a) (the MLP's layers) | the CPU backend, plain and autodiff (one GEMM + one pass; one node with its own backward) | Linear, add, SiLU |
 //! | [`silu`]: x·σ(x) | the CPU backend, plain and autodiff (vectorised exp; one node with its own backward) | burn's `silu` |
 //! | [`qkv_attention`]: ADM's attention over a packed qkv (both head orders), never materialising the `[B·H, L, L]` scores | the CPU backend, plain and autodiff (backward recomputes the softmax from saved row log-sum-exps) | composite: chunk, matmul, softmax, matmul |
 //! | [`conv2d`] (and [`conv1d`] for the 1×1 projections of attention): GEMMs over per-thread im2col tiles in NCHW, with a GEMM-shaped weight gradient | the CPU backend, plain and autodiff, with the `cpu-kernels` feature; explicit or no zero padding, one group, dilation 1 | burn's `Conv2d::forward` / `Conv1d::forward` |
@@ -14,7 +15,7 @@
 //! fused path is tested for equality with its composite fallback (`tests/it/ops.rs`).
 
 use burn::nn::conv::{Conv1d, Conv2d};
-use burn::nn::{Dropout, GroupNorm, PaddingConfig1d, PaddingConfig2d};
+use burn::nn::{Dropout, GroupNorm, Linear, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
@@ -152,6 +153,21 @@ pub fn dropout<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
         return y;
     }
     dropout.forward(x)
+}
+
+/// `SiLU(linear(h) + a)`: a Linear layer, an added tensor and SiLU.
+///
+/// # Shapes
+/// `h: [B, d_in]`, `a: [B, d_out]` → `[B, d_out]`.
+pub fn linear_add_silu(linear: &Linear, h: Tensor<2>, a: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "cpu-kernels")]
+    {
+        let bias = linear.bias.as_ref().map(|b| b.val());
+        if let Some(y) = cpu::linear::linear_add_silu(&h, &linear.weight.val(), bias.as_ref(), &a) {
+            return y;
+        }
+    }
+    silu(linear.forward(h) + a)
 }
 
 /// SiLU, `x·σ(x)`, element-wise.

@@ -10,6 +10,7 @@ pub mod act;
 pub mod attention;
 pub mod conv;
 pub mod gemm;
+pub mod linear;
 pub mod norm;
 pub mod winograd;
 
