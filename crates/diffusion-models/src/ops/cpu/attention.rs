@@ -5,8 +5,6 @@
 //! `dS = P ⊙ (dP − rowsum(P ⊙ dP))` with `dP = daᵀ·v`, `dq = s²·k·dSᵀ`, `dk = s²·q·dS`.
 //! Both head orders read q, k and v of a head as contiguous `[ch, L]` blocks of the packed input.
 
-use std::cell::RefCell;
-
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -18,7 +16,7 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, contiguous_f32, dispatch, flex_from, max_lanes, sum_by};
+use super::{Ad, FlexFloat, contiguous_f32, dispatch, flex_from, max_lanes, sum_by, with_scratch};
 use crate::blocks::AttentionOrder;
 
 /// Shapes of one call.
@@ -51,24 +49,6 @@ impl Geometry {
     fn scale2(&self) -> f32 {
         (1.0 / (self.ch as f64).sqrt()) as f32
     }
-}
-
-thread_local! {
-    /// Per-thread scratch: `S`/`P` and `dP`, `L × L` each.
-    static SCRATCH: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
-}
-
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        for buf in s.iter_mut() {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
-        let [a, b] = &mut *s;
-        f(&mut a[..len], &mut b[..len])
-    })
 }
 
 const SEQ: Parallelism = Parallelism::None;
@@ -144,7 +124,7 @@ fn forward(g: &Geometry, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .zip(lse.par_chunks_mut(heads * l))
         .zip(qkv.par_chunks(g.width() * l))
         .for_each(|((out, lse), x)| {
-            with_scratch(l * l, |p, _| {
+            with_scratch([l * l, 0, 0], |p, _, _| {
                 for h in 0..heads {
                     let [oq, ok, ov] = g.offsets(h);
                     let (q, k, v) = (&x[oq..oq + ch * l], &x[ok..ok + ch * l], &x[ov..ov + ch * l]);
@@ -168,7 +148,7 @@ fn backward(g: &Geometry, qkv: &[f32], lse: &[f32], da: &[f32]) -> Vec<f32> {
         .zip(qkv.par_chunks(g.width() * l))
         .zip(da.par_chunks(heads * ch * l).zip(lse.par_chunks(heads * l)))
         .for_each(|((dx, x), (da, lse))| {
-            with_scratch(l * l, |p, dp| {
+            with_scratch([l * l, l * l, 0], |p, dp, _| {
                 for h in 0..heads {
                     let [oq, ok, ov] = g.offsets(h);
                     let (q, k, v) = (&x[oq..oq + ch * l], &x[ok..ok + ch * l], &x[ov..ov + ch * l]);

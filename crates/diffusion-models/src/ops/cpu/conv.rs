@@ -13,8 +13,6 @@
 //!
 //! A 1×1 convolution with stride 1 and no padding uses the input itself as its im2col matrix.
 
-use std::cell::RefCell;
-
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -27,7 +25,7 @@ use rayon::prelude::*;
 use super::avx2_variant;
 use super::gemm::gemm_into;
 use super::winograd;
-use super::{Ad, FlexFloat, contiguous_f32, flex_from};
+use super::{Ad, FlexFloat, contiguous_f32, flex_from, with_scratch};
 
 /// Shape and hyper-parameters of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,26 +100,6 @@ impl Geometry {
         let want = 256usize.div_ceil(self.p().max(1));
         want.clamp(1, self.batch.div_ceil(threads.max(1)).max(1))
     }
-}
-
-thread_local! {
-    /// Per-thread scratch: the im2col matrix, a gathered `[C_out, N]` tile and `dcol`.
-    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
-/// Runs `f` with this thread's three scratch buffers grown to at least the given lengths
-/// (contents unspecified: every user writes before it reads).
-fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        for (buf, &len) in s.iter_mut().zip(&lens) {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
-        let [a, b, c] = &mut *s;
-        f(&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]])
-    })
 }
 
 /// The valid output columns `[lo, hi)` of kernel column `kx` for stride 1: those reading input

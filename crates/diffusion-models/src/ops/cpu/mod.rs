@@ -2,6 +2,8 @@
 //! checkpointing). Each returns `None` where it does not apply, and the caller falls back to
 //! burn's composite ops.
 
+use std::cell::RefCell;
+
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::{Autodiff, BackendTypes, Flex};
 use burn::tensor::{Tensor, TensorData};
@@ -15,6 +17,34 @@ pub mod norm;
 pub mod winograd;
 
 pub use norm::fused;
+
+thread_local! {
+    /// This thread's reusable scratch buffers (see [`with_scratch`]).
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with three scratch slices of the given lengths, taken from this thread's reusable
+/// buffers (grown as needed, never shrunk; contents unspecified: every user writes before it
+/// reads). One set serves every kernel (im2col tiles, Winograd's V and M, attention scores).
+/// A re-entrant call on the same thread — a rayon worker that steals another chunk of a kernel
+/// while it waits inside a parallel GEMM — gets fresh buffers instead of a borrow panic.
+pub fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            for (buf, &len) in s.iter_mut().zip(&lens) {
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+            }
+            let [a, b, c] = &mut *s;
+            f(&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]])
+        }
+        Err(_) => {
+            let [mut a, mut b, mut c] = lens.map(|n| vec![0f32; n]);
+            f(&mut a, &mut b, &mut c)
+        }
+    })
+}
 
 /// The autodiff CPU device our kernels serve.
 pub type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -142,3 +172,28 @@ macro_rules! avx2_variant {
     };
 }
 pub(crate) use avx2_variant;
+
+#[cfg(test)]
+mod tests {
+    use super::with_scratch;
+
+    /// A nested call on the same thread gets its own buffers of the asked lengths and leaves
+    /// the outer call's contents alone.
+    #[test]
+    fn scratch_is_reentrant() {
+        with_scratch([4, 1, 0], |a, b, c| {
+            a.fill(1.0);
+            b.fill(3.0);
+            assert_eq!(c.len(), 0);
+            with_scratch([3, 2, 5], |x, y, z| {
+                assert_eq!((x.len(), y.len(), z.len()), (3, 2, 5));
+                x.fill(2.0);
+                y.fill(2.0);
+                z.fill(2.0);
+            });
+            assert!(a.iter().all(|&v| v == 1.0) && b[0] == 3.0, "the outer buffers are untouched");
+        });
+        // And the thread's own buffers serve the next call, grown to the new length.
+        with_scratch([6, 0, 0], |a, _, _| assert_eq!(a.len(), 6));
+    }
+}

@@ -9,13 +9,12 @@
 //! The input gradient of such a convolution is the same convolution of `dY` with the kernel
 //! flipped and its channel axes swapped, so it runs through the same routine.
 
-use std::cell::RefCell;
-
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::avx2_variant;
 use super::gemm::gemm_into;
+use super::with_scratch;
 
 /// Shapes of one Winograd convolution (3×3, stride 1, padding 1: output size = input size).
 #[derive(Debug, Clone, Copy)]
@@ -69,25 +68,6 @@ pub fn forward_kernel(w: &[f32], c_in: usize) -> impl Fn(usize, usize) -> [f32; 
 /// The kernel of the input gradient: output channel `i`, input channel `o`, flipped in space.
 pub fn gradient_kernel(w: &[f32], c_in: usize) -> impl Fn(usize, usize) -> [f32; 9] + Sync + '_ {
     move |i, o| std::array::from_fn(|j| w[(o * c_in + i) * 9 + 8 - j])
-}
-
-thread_local! {
-    /// Per-thread scratch: V (`[16, C_in, T]`), M (`[16, C_out, T]`), and a padded plane with
-    /// 16 rows of tile-row temporaries.
-    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
-fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
-    SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        for (buf, &len) in s.iter_mut().zip(&lens) {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-        }
-        let [a, b, c] = &mut *s;
-        f(&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]])
-    })
 }
 
 /// `V = Bᵀ d B` for every tile of `gs` samples of `x` into `v` (`[16, C_in, T]`). Per tile row,
