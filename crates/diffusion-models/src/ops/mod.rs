@@ -15,7 +15,9 @@
 //! fused path is tested for equality with its composite fallback (`tests/it/ops.rs`).
 
 use burn::nn::conv::{Conv1d, Conv2d};
-use burn::nn::{Dropout, GroupNorm, Linear, PaddingConfig1d, PaddingConfig2d};
+use burn::nn::{Dropout, GroupNorm, Linear};
+#[cfg(feature = "cpu-kernels")]
+use burn::nn::{PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
@@ -119,13 +121,13 @@ fn conv2d_kernel(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
 /// # Shapes
 /// `[B, C_in, L] → [B, C_out, L_out]`.
 pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
-    let pointwise = conv.kernel_size == 1
+    #[cfg(feature = "cpu-kernels")]
+    if conv.kernel_size == 1
         && conv.stride == 1
         && conv.dilation == 1
         && conv.groups == 1
-        && matches!(conv.padding, PaddingConfig1d::Valid | PaddingConfig1d::Explicit(0, 0));
-    #[cfg(feature = "cpu-kernels")]
-    if pointwise {
+        && matches!(conv.padding, PaddingConfig1d::Valid | PaddingConfig1d::Explicit(0, 0))
+    {
         let [b, c, l] = x.dims();
         let weight = conv.weight.val();
         let [co, ci, _] = weight.dims();
@@ -137,7 +139,6 @@ pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
             return y.reshape([b, co, l]);
         }
     }
-    let _ = pointwise;
     conv.forward(x)
 }
 

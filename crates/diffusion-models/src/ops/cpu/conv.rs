@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::avx2_variant;
 use super::gemm::gemm_into;
 use super::winograd;
-use super::{Ad, FlexFloat, contiguous_f32, flex_from, with_scratch};
+use super::{Ad, FlexFloat, contiguous_f32, flex_from, plan_chunks, with_scratch};
 
 /// Shape and hyper-parameters of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,13 +92,6 @@ impl Geometry {
     /// Whether the input is its own im2col matrix.
     fn pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.pad == [0, 0]
-    }
-
-    /// Samples per chunk: enough for ≈ 256 GEMM columns, but at least one chunk per thread
-    /// where the batch allows.
-    fn chunk(&self, threads: usize) -> usize {
-        let want = 256usize.div_ceil(self.p().max(1));
-        want.clamp(1, self.batch.div_ceil(threads.max(1)).max(1))
     }
 }
 
@@ -190,11 +183,8 @@ fn col2im_body(g: &Geometry, dcol: &[f32], gs: usize, dx: &mut [f32]) {
 
 /// Chunking of the batch and the GEMM parallelism inside each chunk.
 fn plan(g: &Geometry) -> (usize, usize, Parallelism) {
-    let threads = rayon::current_num_threads().max(1);
-    let gs = g.chunk(threads);
-    let chunks = g.batch.div_ceil(gs);
-    let par = if chunks >= threads { Parallelism::None } else { Parallelism::Rayon(threads) };
-    (gs, chunks, par)
+    // ≈ 256 GEMM columns per chunk.
+    plan_chunks(g.batch, g.p(), 256)
 }
 
 /// The forward convolution of contiguous NCHW `x` with `weight` (`[C_out, K]`) and an optional

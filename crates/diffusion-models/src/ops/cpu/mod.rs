@@ -46,6 +46,19 @@ pub fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], 
     })
 }
 
+/// How a batch kernel splits its work: `(samples per chunk, chunks, GEMM parallelism)`. A
+/// chunk holds enough samples for about `target` GEMM columns (`per_sample` each), but the
+/// batch is cut into at least one chunk per thread where it allows; chunks run in parallel
+/// with single-threaded GEMMs, and only when there are fewer chunks than threads does each
+/// GEMM use the threads itself.
+pub fn plan_chunks(batch: usize, per_sample: usize, target: usize) -> (usize, usize, ::gemm::Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    let gs = target.div_ceil(per_sample.max(1)).clamp(1, batch.div_ceil(threads).max(1));
+    let chunks = batch.div_ceil(gs);
+    let par = if chunks >= threads { ::gemm::Parallelism::None } else { ::gemm::Parallelism::Rayon(threads) };
+    (gs, chunks, par)
+}
+
 /// The autodiff CPU device our kernels serve.
 pub type Ad = Autodiff<Flex, NoCheckpointing>;
 /// burn-flex's float tensor primitive.

@@ -9,12 +9,11 @@
 //! The input gradient of such a convolution is the same convolution of `dY` with the kernel
 //! flipped and its channel axes swapped, so it runs through the same routine.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::avx2_variant;
 use super::gemm::gemm_into;
-use super::with_scratch;
+use super::{plan_chunks, with_scratch};
 
 /// Shapes of one Winograd convolution (3×3, stride 1, padding 1: output size = input size).
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +32,14 @@ impl Shape {
     /// Tile rows and columns: ⌈H/2⌉, ⌈W/2⌉.
     fn tiles(&self) -> [usize; 2] {
         [self.hw[0].div_ceil(2), self.hw[1].div_ceil(2)]
+    }
+
+    /// Scratch lengths for `t` tiles — V (`[16, C_in, T]`), M or dM (`[16, C_out, T]`), a padded
+    /// plane with 16 tile-row temporaries — and the plane's length.
+    fn scratch(&self, t: usize) -> ([usize; 3], usize) {
+        let [th, tw] = self.tiles();
+        let plane = (2 * th + 2) * (2 * tw + 2);
+        ([16 * self.c_in * t, 16 * self.c_out * t, plane + 16 * tw], plane)
     }
 
     fn tiles_per_sample(&self) -> usize {
@@ -187,21 +194,17 @@ fn output_transform_body(
 /// The convolution of NCHW `x` with transformed weights `u` (from [`weights`]) and an optional
 /// bias: the NCHW output.
 pub fn conv(s: &Shape, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let threads = rayon::current_num_threads().max(1);
     let tps = s.tiles_per_sample();
-    // Enough tiles per chunk for well-shaped GEMMs, at least one chunk per thread.
-    let gs = 512usize.div_ceil(tps).clamp(1, s.batch.div_ceil(threads).max(1));
-    let chunks = s.batch.div_ceil(gs);
-    let par = if chunks >= threads { Parallelism::None } else { Parallelism::Rayon(threads) };
+    // ≈ 512 tiles (GEMM columns) per chunk.
+    let (gs, _, par) = plan_chunks(s.batch, tps, 512);
     let [h, w] = s.hw;
-    let [th, tw] = s.tiles();
     let (in_len, out_len) = (s.c_in * h * w, s.c_out * h * w);
     let mut out = vec![0f32; s.batch * out_len];
     out.par_chunks_mut(gs * out_len).zip(x.par_chunks(gs * in_len)).for_each(|(y, xs)| {
         let gs = xs.len() / in_len;
         let t = gs * tps;
-        let plane_len = (2 * th + 2) * (2 * tw + 2);
-        with_scratch([16 * s.c_in * t, 16 * s.c_out * t, plane_len + 16 * tw], |v, m, scratch| {
+        let (lens, plane_len) = s.scratch(t);
+        with_scratch(lens, |v, m, scratch| {
             let (plane, e) = scratch.split_at_mut(plane_len);
             input_transform(s, xs, gs, v, plane, e);
             let (mk, kt, mt) = (s.c_out * s.c_in, s.c_in * t, s.c_out * t);
@@ -284,13 +287,10 @@ fn grad_transform_body(s: &Shape, dy: &[f32], gs: usize, dm: &mut [f32], plane: 
 /// convolution of `x` given `dy`, in the Winograd domain: `dU_ξ = dM_ξ · V_ξᵀ` (16 GEMMs
 /// contracting over the tiles), then `dg = Gᵀ dU G`.
 pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let threads = rayon::current_num_threads().max(1);
     let tps = s.tiles_per_sample();
-    let gs = 512usize.div_ceil(tps).clamp(1, s.batch.div_ceil(threads).max(1));
-    let chunks = s.batch.div_ceil(gs);
-    let par = if chunks >= threads { Parallelism::None } else { Parallelism::Rayon(threads) };
+    // ≈ 512 tiles (GEMM columns) per chunk.
+    let (gs, _, par) = plan_chunks(s.batch, tps, 512);
     let [h, w] = s.hw;
-    let [th, tw] = s.tiles();
     let (in_len, out_len, mk) = (s.c_in * h * w, s.c_out * h * w, s.c_in * s.c_out);
     let zero = || (vec![0f32; 16 * mk], vec![0f64; s.c_out]);
     // Per task: dUᵀ ([16, C_in, C_out]: this orientation packs well) and Σ dY per channel.
@@ -300,8 +300,8 @@ pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .fold(zero, |(mut dut, mut db), (xs, dys)| {
             let gs = xs.len() / in_len;
             let t = gs * tps;
-            let plane_len = (2 * th + 2) * (2 * tw + 2);
-            with_scratch([16 * s.c_in * t, 16 * s.c_out * t, plane_len + 16 * tw], |v, dm, scratch| {
+            let (lens, plane_len) = s.scratch(t);
+            with_scratch(lens, |v, dm, scratch| {
                 let (plane, e) = scratch.split_at_mut(plane_len);
                 input_transform(s, xs, gs, v, plane, e);
                 grad_transform(s, dys, gs, dm, plane, e);
