@@ -5,7 +5,6 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::embedding::{MAX_PERIOD, timestep_embedding};
 use crate::error::{ModelError, Result};
 
 /// Configuration of an [`Mlp`].
@@ -84,15 +83,6 @@ impl Mlp {
     /// # Shapes
     /// `x: [B, data_dim]`, `timesteps: [B]` → `[B, out_dim]`.
     pub fn forward(&self, x: Tensor<2>, timesteps: Tensor<1>) -> Tensor<2> {
-        let temb = crate::ops::silu(self.time_proj.forward(timestep_embedding(
-            timesteps,
-            self.time_dim,
-            MAX_PERIOD,
-        )));
-        let mut h = crate::ops::linear_add_silu(&self.input, x, temb.clone());
-        for layer in &self.hidden {
-            h = crate::ops::linear_add_silu(layer, h, temb.clone());
-        }
-        self.output.forward(h)
+        crate::ops::mlp(self, x, timesteps)
     }
 }

@@ -6,6 +6,7 @@
 //! | [`norm_scale_shift_silu`]: SiLU(GroupNorm(x) · (1 + scale) + shift) | the CPU backend (`flex`), plain (sampling, evaluation) and autodiff (training: one graph node with its own backward), with the `cpu-kernels` feature | composite: GroupNorm, mul, add, SiLU (other devices, gradient checkpointing) |
 //! | [`dropout`]: inverted dropout | the autodiff CPU device (mask from a counter-based hash keyed by the device's seeded generator, one pass, kept for the backward) — a different random stream from burn's, equally distributed and as reproducible | burn's `Dropout::forward` |
 //! | [`linear_add_silu`]: SiLU(h·W + b + a) (the MLP's layers) | the CPU backend, plain and autodiff (one GEMM + one pass; one node with its own backward) | Linear, add, SiLU |
+//! | [`mlp`]: the whole 2-D MLP denoiser (embedding, every layer) | the CPU backend, plain and autodiff (row blocks of the batch through the whole network, one parallel dispatch; one node over x and the concatenated parameters, with its own backward) | the layers' ops one by one |
 //! | [`silu`]: x·σ(x) | the CPU backend, plain and autodiff (vectorised exp; one node with its own backward) | burn's `silu` |
 //! | [`qkv_attention`]: ADM's attention over a packed qkv (both head orders), never materialising the `[B·H, L, L]` scores | the CPU backend, plain and autodiff (backward recomputes the softmax from saved row log-sum-exps) | composite: chunk, matmul, softmax, matmul |
 //! | [`conv2d`] (and [`conv1d`] for the 1×1 projections of attention): GEMMs over per-thread im2col tiles in NCHW, with a GEMM-shaped weight gradient | the CPU backend, plain and autodiff, with the `cpu-kernels` feature; explicit or no zero padding, one group, dilation 1 | burn's `Conv2d::forward` / `Conv1d::forward` |
@@ -169,6 +170,39 @@ pub fn linear_add_silu(linear: &Linear, h: Tensor<2>, a: Tensor<2>) -> Tensor<2>
         }
     }
     silu(linear.forward(h) + a)
+}
+
+/// The MLP denoiser's forward pass, `(x_t, t) → output` (see [`Mlp`](crate::Mlp)).
+///
+/// # Shapes
+/// `x: [B, data_dim]`, `timesteps: [B]` → `[B, out_dim]`.
+pub fn mlp(mlp: &crate::Mlp, x: Tensor<2>, timesteps: Tensor<1>) -> Tensor<2> {
+    #[cfg(feature = "cpu-kernels")]
+    {
+        let layers: Vec<(Tensor<2>, Tensor<1>)> = std::iter::once(&mlp.time_proj)
+            .chain(std::iter::once(&mlp.input))
+            .chain(&mlp.hidden)
+            .chain(std::iter::once(&mlp.output))
+            .filter_map(|l| Some((l.weight.val(), l.bias.as_ref()?.val())))
+            .collect();
+        if layers.len() == mlp.hidden.len() + 3
+            && let Some(y) = cpu::mlp::mlp(&x, &timesteps, mlp.time_dim, &layers)
+        {
+            return y;
+        }
+    }
+    mlp_composite(mlp, x, timesteps)
+}
+
+/// [`mlp`] with one op per layer (any device, autodiff included).
+pub fn mlp_composite(mlp: &crate::Mlp, x: Tensor<2>, timesteps: Tensor<1>) -> Tensor<2> {
+    let emb = crate::embedding::timestep_embedding(timesteps, mlp.time_dim, crate::embedding::MAX_PERIOD);
+    let temb = silu(mlp.time_proj.forward(emb));
+    let mut h = linear_add_silu(&mlp.input, x, temb.clone());
+    for layer in &mlp.hidden {
+        h = linear_add_silu(layer, h, temb.clone());
+    }
+    mlp.output.forward(h)
 }
 
 /// SiLU, `x·σ(x)`, element-wise.

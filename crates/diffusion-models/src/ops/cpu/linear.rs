@@ -54,11 +54,11 @@ fn silu_grad_body(dz: &mut [f32], z: &[f32]) {
 
 avx2_variant!(
     /// See [`silu_body`].
-    fn silu_into => silu_body(y: &mut [f32], z: &[f32])
+    pub(super) fn silu_into => silu_body(y: &mut [f32], z: &[f32])
 );
 avx2_variant!(
     /// See [`silu_grad_body`].
-    fn silu_grad => silu_grad_body(dz: &mut [f32], z: &[f32])
+    pub(super) fn silu_grad => silu_grad_body(dz: &mut [f32], z: &[f32])
 );
 
 /// `z = h·W + b + a` and `y = SiLU(z)`.

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod conv;
 pub mod gemm;
 pub mod linear;
+pub mod mlp;
 pub mod norm;
 pub mod winograd;
 
@@ -172,9 +173,9 @@ pub(crate) use dispatch;
 /// Defines `fn $name(args)` that runs `$body(args)` (an `#[inline(always)]` kernel loop) in its
 /// AVX2 + FMA build when the CPU has them (see [`dispatch`]), its baseline build otherwise.
 macro_rules! avx2_variant {
-    ($(#[$meta:meta])* fn $name:ident => $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident => $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
         $(#[$meta])*
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn avx2($($arg: $ty),*) {
