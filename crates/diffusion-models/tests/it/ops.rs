@@ -151,6 +151,8 @@ fn conv2d_kernel_equals_burn_conv_with_every_gradient() {
         (5, 4, 7, 2, 2, 3, 1, (1, 1, 1, 1), true),
         (7, 3, 2, 3, 3, 1, 1, (0, 0, 0, 0), false),
         (1, 4, 4, 5, 5, 5, 2, (2, 2, 2, 2), true),
+        // More output channels than one block of the weight gradient's transpose (16 rows).
+        (2, 20, 37, 4, 4, 3, 1, (1, 1, 1, 1), true),
         // 3×3, stride 1, padding 1 at the sizes where the Winograd F(2×2, 3×3) path serves
         // (rows of ≥ 16 tiles with ≥ 32 channels, or ≥ 8 tiles with ≥ 128): forward, input and
         // weight gradients, with an odd height and width and a chunk remainder.

@@ -333,17 +333,29 @@ pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
             }
             (a, ab)
         });
-    // dg[ky][kx] = Σ_{a,b} G[a][ky] G[b][kx] dU[4a + b].
-    let mut dw = vec![0f32; mk * 9];
-    dw.par_chunks_mut(9).enumerate().for_each(|(j, g)| {
-        let (co, ci) = (j / s.c_in, j % s.c_in);
-        for (kk, gv) in g.iter_mut().enumerate() {
+    // dg[ky][kx] = Σ_{a,b} G[a][ky] G[b][kx] dU[4a + b], per input channel over contiguous
+    // rows of C_out (dUᵀ is [16, C_in, C_out]) into dgᵀ [C_in, 9, C_out], skipping G's zeros;
+    // then the transpose into [C_out, C_in, 3, 3].
+    let co = s.c_out;
+    let mut dgt = vec![0f32; mk * 9];
+    dgt.par_chunks_mut(9 * co).enumerate().for_each(|(ci, dst)| {
+        for (kk, acc) in dst.chunks_exact_mut(co).enumerate() {
             let (ky, kx) = (kk / 3, kk % 3);
-            let mut acc = 0f32;
             for xi in 0..16 {
-                acc += G[xi / 4][ky] * G[xi % 4][kx] * dut[xi * mk + ci * s.c_out + co];
+                let c = G[xi / 4][ky] * G[xi % 4][kx];
+                if c != 0.0 {
+                    let src = &dut[xi * mk + ci * co..][..co];
+                    acc.iter_mut().zip(src).for_each(|(a, &v)| *a += c * v);
+                }
             }
-            *gv = acc;
+        }
+    });
+    let mut dw = vec![0f32; mk * 9];
+    dw.par_chunks_mut(s.c_in * 9).enumerate().for_each(|(o, dst)| {
+        for (ci, g) in dst.chunks_exact_mut(9).enumerate() {
+            for (kk, v) in g.iter_mut().enumerate() {
+                *v = dgt[(ci * 9 + kk) * co + o];
+            }
         }
     });
     (dw, db.into_iter().map(|v| v as f32).collect())
