@@ -34,11 +34,12 @@ impl Shape {
         [self.hw[0].div_ceil(2), self.hw[1].div_ceil(2)]
     }
 
-    /// Scratch lengths for `t` tiles — V (`[16, C_in, T]`), M or dM (`[16, C_out, T]`), a padded
-    /// plane with 16 tile-row temporaries — and the plane's length.
+    /// Scratch lengths for `t` tiles — V (`[16, C_in, T]`), M or dM (`[16, C_out, T]`), a plane
+    /// (a padded channel of dY, or the input transform's `d·B` of every padded row) with 16
+    /// tile-row temporaries — and the plane's length.
     fn scratch(&self, t: usize) -> ([usize; 3], usize) {
         let [th, tw] = self.tiles();
-        let plane = (2 * th + 2) * (2 * tw + 2);
+        let plane = (2 * th + 2) * (4 * tw + 2);
         ([16 * self.c_in * t, 16 * self.c_out * t, plane + 16 * tw], plane)
     }
 
@@ -77,45 +78,50 @@ pub fn gradient_kernel(w: &[f32], c_in: usize) -> impl Fn(usize, usize) -> [f32;
     move |i, o| std::array::from_fn(|j| w[(o * c_in + i) * 9 + 8 - j])
 }
 
-/// `V = Bᵀ d B` for every tile of `gs` samples of `x` into `v` (`[16, C_in, T]`). Per tile row,
-/// every step runs across the row's tiles (contiguous writes, so the loops vectorise).
+/// `V = Bᵀ d B` for every tile of `gs` samples of `x` into `v` (`[16, C_in, T]`). Per channel,
+/// first `d·B` once for every padded row (`rows[y][b][tx]`, from the row split into its even
+/// and odd columns so that every loop is unit-stride and vectorises; tiles overlap by two rows,
+/// so each row serves two tile rows), then `Bᵀ·(d B)` per tile row, written as contiguous runs
+/// of tiles.
 #[inline(always)]
-fn input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [f32], e: &mut [f32]) {
+fn input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], rows: &mut [f32], e: &mut [f32]) {
     let ([h, w], [th, tw]) = (s.hw, s.tiles());
-    let pw = 2 * tw + 2;
     let t_all = gs * th * tw;
     let stride_xi = s.c_in * t_all;
-    plane.fill(0.0);
+    let (ev, od) = e[..2 * (tw + 1)].split_at_mut(tw + 1);
+    // Padded rows 0 and h + 1 (and h + 2 for an odd height) are zero: their d·B too.
+    let row_len = 4 * tw;
+    rows[..row_len].fill(0.0);
+    rows[(h + 1) * row_len..(2 * th + 2) * row_len].fill(0.0);
     for smp in 0..gs {
         for ci in 0..s.c_in {
-            // The channel with a zero border of one (and up to one more row/column at the far
-            // edges for odd sizes).
             let src = &x[(smp * s.c_in + ci) * h * w..][..h * w];
             for (y, row) in src.chunks_exact(w).enumerate() {
-                plane[(y + 1) * pw + 1..][..w].copy_from_slice(row);
+                // Padded column c holds x[c − 1]: even columns 2j ← x[2j − 1], odd 2j + 1 ← x[2j].
+                ev[0] = 0.0;
+                for j in 1..=tw {
+                    ev[j] = if 2 * j - 1 < w { row[2 * j - 1] } else { 0.0 };
+                }
+                for j in 0..=tw {
+                    od[j] = if 2 * j < w { row[2 * j] } else { 0.0 };
+                }
+                let out = &mut rows[(y + 1) * row_len..][..row_len];
+                let (e0, rest) = out.split_at_mut(tw);
+                let (e1, rest) = rest.split_at_mut(tw);
+                let (e2, e3) = rest.split_at_mut(tw);
+                for tx in 0..tw {
+                    // d = (ev[tx], od[tx], ev[tx + 1], od[tx + 1]).
+                    e0[tx] = ev[tx] - ev[tx + 1];
+                    e1[tx] = od[tx] + ev[tx + 1];
+                    e2[tx] = ev[tx + 1] - od[tx];
+                    e3[tx] = od[tx] - od[tx + 1];
+                }
             }
             let base = ci * t_all + smp * th * tw;
             for ty in 0..th {
-                // d·B on each of the four rows: e[4i + b][tx].
-                for i in 0..4 {
-                    let r = &plane[(2 * ty + i) * pw..][..pw];
-                    let (e0, rest) = e.split_at_mut((4 * i + 1) * tw);
-                    let e0 = &mut e0[4 * i * tw..];
-                    let (e1, rest) = rest.split_at_mut(tw);
-                    let (e2, e3) = rest.split_at_mut(tw);
-                    for tx in 0..tw {
-                        let c = 2 * tx;
-                        let (d0, d1, d2, d3) = (r[c], r[c + 1], r[c + 2], r[c + 3]);
-                        e0[tx] = d0 - d2;
-                        e1[tx] = d1 + d2;
-                        e2[tx] = d2 - d1;
-                        e3[tx] = d1 - d3;
-                    }
-                }
-                // Bᵀ·(d B) across rows, written as contiguous runs of tiles.
                 let at = base + ty * tw;
                 for b in 0..4 {
-                    let row = |i: usize| &e[(4 * i + b) * tw..][..tw];
+                    let row = |i: usize| &rows[(2 * ty + i) * row_len + b * tw..][..tw];
                     let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
                     let out = |a: usize| (4 * a + b) * stride_xi + at;
                     for (d, (x0, x2)) in v[out(0)..][..tw].iter_mut().zip(r0.iter().zip(r2)) {
@@ -363,7 +369,7 @@ pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
 
 avx2_variant!(
     /// See [`input_transform_body`].
-    fn input_transform => input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], plane: &mut [f32], e: &mut [f32])
+    fn input_transform => input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], rows: &mut [f32], e: &mut [f32])
 );
 
 avx2_variant!(
