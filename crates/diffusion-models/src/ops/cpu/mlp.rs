@@ -204,8 +204,9 @@ fn forward(d: &Dims, p: &Params<'_>, x: &[f32], ts: &[f32], keep: bool) -> (Vec<
         z: (0..lay).map(|_| vec![0f32; d.batch * hd]).collect(),
         h: (0..lay).map(|_| vec![0f32; d.batch * hd]).collect(),
     };
-    // Per block, its rows of every saved buffer.
-    let mut per_block: Vec<(Vec<&mut [f32]>, Vec<&mut [f32]>)> = Vec::new();
+    // Per block, its rows of every saved buffer (z and h per layer).
+    type Rows<'a> = Vec<&'a mut [f32]>;
+    let mut per_block: Vec<(Rows<'_>, Rows<'_>)> = Vec::new();
     for (zl, hl) in s.z.iter_mut().zip(s.h.iter_mut()) {
         for (i, (zc, hc)) in zl.chunks_mut(gs * hd).zip(hl.chunks_mut(gs * hd)).enumerate() {
             if per_block.len() <= i {
@@ -345,8 +346,8 @@ impl Backward<Flex, 2> for MlpBackward {
         let shapes = d.weights();
         let mut jobs: Vec<(&[f32], usize, &[f32])> =
             vec![(saved.emb.as_slice(), d.time, dze.as_slice()), (xs, d.data, dz[0].as_slice())];
-        for l in 1..lay {
-            jobs.push((saved.h[l - 1].as_slice(), hd, dz[l].as_slice()));
+        for (h, g) in saved.h.iter().zip(&dz[1..]) {
+            jobs.push((h.as_slice(), hd, g.as_slice()));
         }
         jobs.push((saved.h[lay - 1].as_slice(), hd, dy));
         let total: usize = shapes.iter().map(|&(r, c)| r * c + c).sum();
@@ -460,7 +461,7 @@ mod tests {
         let mut worst = 0f32;
         let mut x = -8192f32;
         while x <= 8192.0 {
-            for dx in [0.0, 0.123_456, std::f32::consts::FRAC_PI_2, 0.785_398_2] {
+            for dx in [0.0, 0.123_456, std::f32::consts::FRAC_PI_2, std::f32::consts::FRAC_PI_4] {
                 let v = x + dx;
                 let (s, c) = sin_cos_f32(v);
                 worst = worst.max((s - v.sin()).abs()).max((c - v.cos()).abs());
