@@ -97,24 +97,36 @@ fn input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], rows: &m
         for ci in 0..s.c_in {
             let src = &x[(smp * s.c_in + ci) * h * w..][..h * w];
             for (y, row) in src.chunks_exact(w).enumerate() {
-                // Padded column c holds x[c − 1]: even columns 2j ← x[2j − 1], odd 2j + 1 ← x[2j].
+                // Padded column c holds x[c − 1]: odd columns 2j + 1 ← x[2j] into od[j], even
+                // columns 2j + 2 ← x[2j + 1] into ev[j + 1]; the rest is padding.
+                let pairs = w / 2;
                 ev[0] = 0.0;
-                for j in 1..=tw {
-                    ev[j] = if 2 * j - 1 < w { row[2 * j - 1] } else { 0.0 };
+                ev[pairs + 1..].fill(0.0);
+                od[pairs..].fill(0.0);
+                for ((o, e), pair) in od.iter_mut().zip(&mut ev[1..]).zip(row.chunks_exact(2)) {
+                    *o = pair[0];
+                    *e = pair[1];
                 }
-                for j in 0..=tw {
-                    od[j] = if 2 * j < w { row[2 * j] } else { 0.0 };
+                if w % 2 == 1 {
+                    od[pairs] = row[w - 1];
                 }
                 let out = &mut rows[(y + 1) * row_len..][..row_len];
                 let (e0, rest) = out.split_at_mut(tw);
                 let (e1, rest) = rest.split_at_mut(tw);
                 let (e2, e3) = rest.split_at_mut(tw);
-                for tx in 0..tw {
-                    // d = (ev[tx], od[tx], ev[tx + 1], od[tx + 1]).
-                    e0[tx] = ev[tx] - ev[tx + 1];
-                    e1[tx] = od[tx] + ev[tx + 1];
-                    e2[tx] = ev[tx + 1] - od[tx];
-                    e3[tx] = od[tx] - od[tx + 1];
+                // d = (ev[tx], od[tx], ev[tx + 1], od[tx + 1]) for tile column tx.
+                let (ev0, ev1, od0, od1) = (&ev[..tw], &ev[1..], &od[..tw], &od[1..]);
+                for (d, (a, b)) in e0.iter_mut().zip(ev0.iter().zip(ev1)) {
+                    *d = a - b;
+                }
+                for (d, (a, b)) in e1.iter_mut().zip(od0.iter().zip(ev1)) {
+                    *d = a + b;
+                }
+                for (d, (a, b)) in e2.iter_mut().zip(ev1.iter().zip(od0)) {
+                    *d = a - b;
+                }
+                for (d, (a, b)) in e3.iter_mut().zip(od0.iter().zip(od1)) {
+                    *d = a - b;
                 }
             }
             let base = ci * t_all + smp * th * tw;
