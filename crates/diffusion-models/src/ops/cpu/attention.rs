@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, contiguous_f32, dispatch, flex_from, max_lanes, sum_by, with_scratch};
+use super::{Ad, FlexFloat, LANES, contiguous_f32, dispatch, flex_from, max_lanes, sum_by, with_scratch};
 use crate::blocks::AttentionOrder;
 
 /// Shapes of one call.
@@ -53,19 +53,27 @@ impl Geometry {
 
 const SEQ: Parallelism = Parallelism::None;
 
-/// Row softmax of `p` (`[L, L]`) in place, each row's log-sum-exp into `lse`.
+/// Row softmax of `p` (`[L, L]`) in place but not normalised: `P̃ = exp(S − max)`, computed and
+/// summed in one pass; each row's `1 / Σ` into `inv` (the caller scales the product `v·P̃ᵀ`
+/// instead: `ch × L` multiplications, not `L × L`) and its log-sum-exp into `lse`.
 #[inline(always)]
-fn softmax_rows(p: &mut [f32], lse: &mut [f32], l: usize) {
-    for (row, lse) in p.chunks_exact_mut(l).zip(lse) {
+fn softmax_rows(p: &mut [f32], lse: &mut [f32], inv: &mut [f32], l: usize) {
+    for ((row, lse), inv) in p.chunks_exact_mut(l).zip(lse).zip(inv) {
         let m = max_lanes(row);
-        for v in row.iter_mut() {
+        let mut acc = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *v = exp_f32(*v - m);
+                *a += *v;
+            }
+        }
+        let mut sum: f32 = acc.iter().sum();
+        for v in chunks.into_remainder() {
             *v = exp_f32(*v - m);
+            sum += *v;
         }
-        let sum = sum_by(l, |i| row[i]);
-        let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
+        *inv = 1.0 / sum;
         *lse = m + sum.ln();
     }
 }
@@ -93,8 +101,8 @@ fn softmax_grad_rows(dp: &mut [f32], p: &[f32], l: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn softmax_rows_avx2(p: &mut [f32], lse: &mut [f32], l: usize) {
-    softmax_rows(p, lse, l)
+fn softmax_rows_avx2(p: &mut [f32], lse: &mut [f32], inv: &mut [f32], l: usize) {
+    softmax_rows(p, lse, inv, l)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -124,16 +132,19 @@ fn forward(g: &Geometry, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .zip(lse.par_chunks_mut(heads * l))
         .zip(qkv.par_chunks(g.width() * l))
         .for_each(|((out, lse), x)| {
-            with_scratch([l * l, 0, 0], |p, _, _| {
+            with_scratch([l * l, l, 0], |p, inv, _| {
                 for h in 0..heads {
                     let [oq, ok, ov] = g.offsets(h);
                     let (q, k, v) = (&x[oq..oq + ch * l], &x[ok..ok + ch * l], &x[ov..ov + ch * l]);
                     scores(g, q, k, p);
                     let lse = &mut lse[h * l..(h + 1) * l];
-                    dispatch!(softmax_rows_avx2(p, lse, l), softmax_rows(p, lse, l));
-                    // a[c, t] = Σ_s v[c, s] P[t, s].
+                    dispatch!(softmax_rows_avx2(p, lse, inv, l), softmax_rows(p, lse, inv, l));
+                    // a[c, t] = Σ_s v[c, s] P[t, s] = (Σ_s v[c, s] P̃[t, s]) / Σ_s P̃[t, s].
                     let a = &mut out[h * ch * l..(h + 1) * ch * l];
                     gemm_into([ch, l, l], a, l, false, (v, 1, l), (p, l, 1), 1.0, SEQ);
+                    for row in a.chunks_exact_mut(l) {
+                        row.iter_mut().zip(inv.iter()).for_each(|(a, &s)| *a *= s);
+                    }
                 }
             });
         });
