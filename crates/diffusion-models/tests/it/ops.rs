@@ -154,11 +154,12 @@ fn conv2d_kernel_equals_burn_conv_with_every_gradient() {
         // More output channels than one block of the weight gradient's transpose (16 rows).
         (2, 20, 37, 4, 4, 3, 1, (1, 1, 1, 1), true),
         // 3×3, stride 1, padding 1 at the sizes where the Winograd F(2×2, 3×3) path serves
-        // (rows of ≥ 16 tiles with ≥ 32 channels, or ≥ 8 tiles with ≥ 128): forward, input and
+        // (rows of ≥ 8 tiles with ≥ 32 channels): forward, input and
         // weight gradients, with an odd height and width and a chunk remainder.
         (3, 32, 33, 6, 32, 3, 1, (1, 1, 1, 1), true),
         (3, 33, 32, 5, 31, 3, 1, (1, 1, 1, 1), false),
         (3, 128, 130, 3, 16, 3, 1, (1, 1, 1, 1), true),
+        (3, 40, 36, 7, 16, 3, 1, (1, 1, 1, 1), true),
     ];
     for &(b, ci, co, h, w, k, s, (t, l, bo, r), bias) in cases {
         let case = format!("B{b} {ci}→{co} {h}×{w} k{k} s{s} pad ({t},{l},{bo},{r}) bias {bias}");

@@ -341,16 +341,18 @@ pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// The Winograd shape of `g` when F(2×2, 3×3) serves it: a 3×3 kernel, stride 1, padding 1 on
 /// every side, and a size where the saved multiplications outweigh the transforms, whose loops
 /// run along a row of tiles and whose cost per multiply-add saved falls with the channels:
-/// rows of ≥ 16 tiles with ≥ 32 channels, or ≥ 8 tiles with ≥ 128 channels (measured with
-/// `benches/examples/convbench.rs`: at 8 × 8 with 256 channels and at 16 × 16 with 64, im2col
-/// is faster; at 32 × 32 with 128 channels Winograd's forward + backward is 1.3× faster).
+/// rows of ≥ 8 tiles (16 pixels) with ≥ 32 channels (measured with
+/// `benches/examples/convbench.rs`: at 8 × 8 with 256 channels im2col is faster, forward +
+/// backward 5.3 vs 7.9 ms; at 16 × 16 with 64 channels and batch 32 Winograd's forward is 1.6 vs
+/// 2.0 ms and forward + backward 5.7–6.3 vs 6.2–6.3 ms; at 32 × 32 with 128 channels Winograd's
+/// forward + backward is 1.3× faster).
 /// `DIFFUSION_NO_WINOGRAD=1` turns it off (for measurements).
 fn winograd_shape(g: &Geometry) -> Option<winograd::Shape> {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var_os("DIFFUSION_NO_WINOGRAD").is_some_and(|v| v != "0"));
     let fits = g.kernel == [3, 3] && g.stride == [1, 1] && g.pad == [1, 1] && g.out == g.hw;
     let (tiles, ch) = (g.hw[1].div_ceil(2), g.c_in.min(g.c_out));
-    let worth = (tiles >= 16 && ch >= 32) || (tiles >= 8 && ch >= 128);
+    let worth = tiles >= 8 && ch >= 32;
     (!off && fits && worth).then_some(winograd::Shape {
         batch: g.batch,
         c_in: g.c_in,
