@@ -30,13 +30,23 @@ fn avx2(f: impl FnOnce()) {
     f()
 }
 
+/// Runs `f` in an AVX-512 context (see [`avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+fn avx512(f: impl FnOnce()) {
+    f()
+}
+
 fn map2(a: &[f32], b: Option<&[f32]>, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
     let run = |o: &mut [f32], a: &[f32], b: Option<&[f32]>| match b {
         Some(b) => o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = f(x, y)),
         None => o.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, 0.0)),
     };
-    let run = |o: &mut [f32], a: &[f32], b: Option<&[f32]>| dispatch!(avx2(|| run(o, a, b)), run(o, a, b));
+    let run = |o: &mut [f32], a: &[f32], b: Option<&[f32]>| {
+        dispatch!(avx512(|| run(o, a, b)), avx2(|| run(o, a, b)), run(o, a, b))
+    };
     if a.len() <= GRAIN {
         run(&mut out, a, b);
     } else {
@@ -111,7 +121,7 @@ fn mask_body(out: &mut [f32], offset: usize, [k0, k1]: [u32; 2], keep: f32) {
     }
 }
 
-super::avx2_variant!(
+super::simd_variant!(
     /// See [`mask_body`].
     fn mask => mask_body(out: &mut [f32], offset: usize, key: [u32; 2], keep: f32)
 );

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, LANES, contiguous_f32, dispatch, flex_from, max_lanes, sum_by, with_scratch};
+use super::{Ad, FlexFloat, LANES, contiguous_f32, flex_from, max_lanes, simd_variant, sum_by, with_scratch};
 use crate::blocks::AttentionOrder;
 
 /// Shapes of one call.
@@ -99,23 +99,18 @@ fn softmax_grad_rows(dp: &mut [f32], p: &[f32], l: usize) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_rows_avx2(p: &mut [f32], lse: &mut [f32], inv: &mut [f32], l: usize) {
-    softmax_rows(p, lse, inv, l)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_rows_avx2(p: &mut [f32], lse: &[f32], l: usize) {
-    exp_rows(p, lse, l)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_grad_rows_avx2(dp: &mut [f32], p: &[f32], l: usize) {
-    softmax_grad_rows(dp, p, l)
-}
+simd_variant!(
+    /// See [`softmax_rows`].
+    fn softmax_rows_simd => softmax_rows(p: &mut [f32], lse: &mut [f32], inv: &mut [f32], l: usize)
+);
+simd_variant!(
+    /// See [`exp_rows`].
+    fn exp_rows_simd => exp_rows(p: &mut [f32], lse: &[f32], l: usize)
+);
+simd_variant!(
+    /// See [`softmax_grad_rows`].
+    fn softmax_grad_rows_simd => softmax_grad_rows(dp: &mut [f32], p: &[f32], l: usize)
+);
 
 /// `S = s²·qᵀk` into `p` (`[L, L]`, row t, column s).
 fn scores(g: &Geometry, q: &[f32], k: &[f32], p: &mut [f32]) {
@@ -138,7 +133,7 @@ fn forward(g: &Geometry, qkv: &[f32]) -> (Vec<f32>, Vec<f32>) {
                     let (q, k, v) = (&x[oq..oq + ch * l], &x[ok..ok + ch * l], &x[ov..ov + ch * l]);
                     scores(g, q, k, p);
                     let lse = &mut lse[h * l..(h + 1) * l];
-                    dispatch!(softmax_rows_avx2(p, lse, inv, l), softmax_rows(p, lse, inv, l));
+                    softmax_rows_simd(p, lse, inv, l);
                     // a[c, t] = Σ_s v[c, s] P[t, s] = (Σ_s v[c, s] P̃[t, s]) / Σ_s P̃[t, s].
                     let a = &mut out[h * ch * l..(h + 1) * ch * l];
                     gemm_into([ch, l, l], a, l, false, (v, 1, l), (p, l, 1), 1.0, SEQ);
@@ -167,7 +162,7 @@ fn backward(g: &Geometry, qkv: &[f32], lse: &[f32], da: &[f32]) -> Vec<f32> {
                     // P from the saved log-sum-exp.
                     scores(g, q, k, p);
                     let lse = &lse[h * l..(h + 1) * l];
-                    dispatch!(exp_rows_avx2(p, lse, l), exp_rows(p, lse, l));
+                    exp_rows_simd(p, lse, l);
                     // dv[c, s] = Σ_t da[c, t] P[t, s].
                     gemm_into(
                         [ch, l, l],
@@ -181,7 +176,7 @@ fn backward(g: &Geometry, qkv: &[f32], lse: &[f32], da: &[f32]) -> Vec<f32> {
                     );
                     // dP[t, s] = Σ_c da[c, t] v[c, s]; then dS = P ⊙ (dP − rowsum(P ⊙ dP)) in dp.
                     gemm_into([l, l, ch], dp, l, false, (da, l, 1), (v, 1, l), 1.0, SEQ);
-                    dispatch!(softmax_grad_rows_avx2(dp, p, l), softmax_grad_rows(dp, p, l));
+                    softmax_grad_rows_simd(dp, p, l);
                     // dq[c, t] = s² Σ_s k[c, s] dS[t, s]; dk[c, s] = s² Σ_t q[c, t] dS[t, s].
                     gemm_into(
                         [ch, l, l],

@@ -22,8 +22,8 @@ use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::avx2_variant;
 use super::gemm::gemm_into;
+use super::simd_variant;
 use super::winograd;
 use super::{Ad, FlexFloat, contiguous_f32, flex_from, plan_chunks, with_scratch};
 
@@ -455,12 +455,12 @@ pub fn conv2d(
     Some(Tensor::from_primitive::<Ad>(result))
 }
 
-avx2_variant!(
+simd_variant!(
     /// See [`im2col_body`].
     fn im2col => im2col_body(g: &Geometry, x: &[f32], gs: usize, col: &mut [f32])
 );
 
-avx2_variant!(
+simd_variant!(
     /// See [`col2im_body`].
     fn col2im => col2im_body(g: &Geometry, dcol: &[f32], gs: usize, dx: &mut [f32])
 );

@@ -14,7 +14,7 @@ use gemm::Parallelism;
 
 use super::gemm::gemm_into;
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, avx2_variant, contiguous_f32, flex_from};
+use super::{Ad, FlexFloat, contiguous_f32, flex_from, simd_variant};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -52,11 +52,11 @@ fn silu_grad_body(dz: &mut [f32], z: &[f32]) {
     }
 }
 
-avx2_variant!(
+simd_variant!(
     /// See [`silu_body`].
     pub(super) fn silu_into => silu_body(y: &mut [f32], z: &[f32])
 );
-avx2_variant!(
+simd_variant!(
     /// See [`silu_grad_body`].
     pub(super) fn silu_grad => silu_grad_body(dz: &mut [f32], z: &[f32])
 );

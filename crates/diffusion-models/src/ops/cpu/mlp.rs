@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::linear::{silu_grad, silu_into};
-use super::{Ad, FlexFloat, avx2_variant, contiguous_f32, flex_from, plan_chunks, with_scratch};
+use super::{Ad, FlexFloat, contiguous_f32, flex_from, plan_chunks, simd_variant, with_scratch};
 
 /// Rows per block: the activations of a block (`rows × hidden` per layer) stay in L2.
 const BLOCK_ROWS: usize = 128;
@@ -73,7 +73,7 @@ fn embedding_body(emb: &mut [f32], ts: &[f32], freqs: &[f32], dim: usize) {
     }
 }
 
-avx2_variant!(
+simd_variant!(
     /// See [`embedding_body`].
     fn embedding => embedding_body(emb: &mut [f32], ts: &[f32], freqs: &[f32], dim: usize)
 );

@@ -144,15 +144,41 @@ pub fn has_avx2_fma() -> bool {
     })
 }
 
+/// Whether this CPU has AVX-512F besides AVX2 and FMA (checked once; `DIFFUSION_NO_AVX512=1`
+/// says no, for measurements).
+pub fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        if std::env::var_os("DIFFUSION_NO_AVX512").is_some_and(|v| v != "0") || !has_avx2_fma() {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Calls the AVX2 + FMA build of a kernel loop (a `#[target_feature(enable = "avx2,fma")]`
 /// function whose body inlines the same `#[inline(always)]` code as the baseline) when the CPU
 /// has those features, the baseline build otherwise. Rust never contracts `a·b + c` into an FMA
 /// on its own, so both builds give bit-identical results; AVX2 gives 8 lanes instead of 4.
 macro_rules! dispatch {
-    ($avx2:expr, $baseline:expr) => {{
+    ($avx512:expr, $avx2:expr, $baseline:expr) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if $crate::ops::cpu::has_avx2_fma() {
+            if $crate::ops::cpu::has_avx512() {
+                // SAFETY: the callee requires only AVX-512F, AVX2 and FMA, which the CPU was found
+                // to have.
+                #[allow(unsafe_code)]
+                unsafe {
+                    $avx512
+                }
+            } else if $crate::ops::cpu::has_avx2_fma() {
                 // SAFETY: the callee requires only AVX2 and FMA, which the CPU was found to have.
                 #[allow(unsafe_code)]
                 unsafe {
@@ -171,21 +197,27 @@ macro_rules! dispatch {
 pub(crate) use dispatch;
 
 /// Defines `fn $name(args)` that runs `$body(args)` (an `#[inline(always)]` kernel loop) in its
-/// AVX2 + FMA build when the CPU has them (see [`dispatch`]), its baseline build otherwise.
-macro_rules! avx2_variant {
+/// AVX-512 build, its AVX2 + FMA build or its baseline build, the widest the CPU has (see
+/// [`dispatch`]).
+macro_rules! simd_variant {
     ($(#[$meta:meta])* $vis:vis fn $name:ident => $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             fn avx2($($arg: $ty),*) {
                 $body($($arg),*)
             }
-            $crate::ops::cpu::dispatch!(avx2($($arg),*), $body($($arg),*))
+            $crate::ops::cpu::dispatch!(avx512($($arg),*), avx2($($arg),*), $body($($arg),*))
         }
     };
 }
-pub(crate) use avx2_variant;
+pub(crate) use simd_variant;
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::{Ad, FlexFloat, LANES, contiguous_f32, dispatch, flex_from, sum_by};
+use super::{Ad, FlexFloat, LANES, contiguous_f32, flex_from, sum_by};
 
 /// `eˣ` in f32 without a library call, so that loops over it vectorise: 2ⁿ·p(r) with
 /// `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2` and a degree-6 Taylor polynomial (relative error
@@ -66,17 +66,14 @@ fn silu_grad(dz: &mut [f32], xs: &[f32], dys: &[f32], [mean, rstd, ga, ba]: [f32
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn affine_silu_avx2(dst: &mut [f32], src: &[f32], a: f32, b: f32) {
-    affine_silu(dst, src, a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn silu_grad_avx2(dz: &mut [f32], xs: &[f32], dys: &[f32], c: [f32; 4]) {
-    silu_grad(dz, xs, dys, c)
-}
+super::simd_variant!(
+    /// See [`affine_silu`].
+    fn affine_silu_simd => affine_silu(dst: &mut [f32], src: &[f32], a: f32, b: f32)
+);
+super::simd_variant!(
+    /// See [`silu_grad`].
+    fn silu_grad_simd => silu_grad(dz: &mut [f32], xs: &[f32], dys: &[f32], c: [f32; 4])
+);
 
 /// Everything the kernels need, held by handle (contiguous f32 primitives).
 #[derive(Debug, Clone)]
@@ -161,7 +158,7 @@ fn forward(i: &Inputs, st: &[(f64, f64)]) -> Vec<f32> {
     out.par_chunks_mut(hw).zip(i.x().par_chunks(hw)).enumerate().for_each(|(k, (dst, src))| {
         let (a, b) = coefficients(i, st, k / c, k % c);
         if i.silu {
-            dispatch!(affine_silu_avx2(dst, src, a, b), affine_silu(dst, src, a, b));
+            affine_silu_simd(dst, src, a, b);
         } else {
             for (d, &v) in dst.iter_mut().zip(src) {
                 *d = v * a + b;
@@ -199,7 +196,7 @@ fn backward(i: &Inputs, st: &[(f64, f64)], dy: &[f32]) -> (Vec<f32>, Vec<f32>, V
                 if i.silu {
                     let (ga, ba) = (gam * (1.0 + s), bet * (1.0 + s) + t);
                     let c = [meanf, rstdf, ga, ba];
-                    dispatch!(silu_grad_avx2(dxc, xs, dys, c), silu_grad(dxc, xs, dys, c));
+                    silu_grad_simd(dxc, xs, dys, c);
                 } else {
                     dxc.copy_from_slice(dys);
                 }

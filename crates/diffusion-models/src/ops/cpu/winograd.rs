@@ -11,8 +11,8 @@
 
 use rayon::prelude::*;
 
-use super::avx2_variant;
 use super::gemm::gemm_into;
+use super::simd_variant;
 use super::{plan_chunks, with_scratch};
 
 /// Shapes of one Winograd convolution (3×3, stride 1, padding 1: output size = input size).
@@ -381,17 +381,17 @@ pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     (dw, db.into_iter().map(|v| v as f32).collect())
 }
 
-avx2_variant!(
+simd_variant!(
     /// See [`input_transform_body`].
     fn input_transform => input_transform_body(s: &Shape, x: &[f32], gs: usize, v: &mut [f32], rows: &mut [f32], e: &mut [f32])
 );
 
-avx2_variant!(
+simd_variant!(
     /// See [`output_transform_body`].
     fn output_transform => output_transform_body(s: &Shape, m: &[f32], gs: usize, bias: Option<&[f32]>, y: &mut [f32], e: &mut [f32])
 );
 
-avx2_variant!(
+simd_variant!(
     /// See [`grad_transform_body`].
     fn grad_transform => grad_transform_body(s: &Shape, dy: &[f32], gs: usize, dm: &mut [f32], plane: &mut [f32], e: &mut [f32])
 );
