@@ -263,7 +263,7 @@ impl TrainConfig {
                     microbatch: None,
                     optim: OptimConfig {
                         lr: 2e-3,
-                        lr_anneal_steps: if tiny { 0 } else { 3000 },
+                        lr_anneal_steps: if tiny { 0 } else { 10_000 },
                         ..Default::default()
                     },
                     ema_rates: vec![if tiny { 0.9 } else { 0.995 }],

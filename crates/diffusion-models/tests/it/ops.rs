@@ -414,7 +414,9 @@ fn linear_add_silu_equals_the_composite() {
 /// 3999 with fractional parts (the sin/cos range reduction).
 #[test]
 fn mlp_op_equals_the_layer_by_layer_mlp() {
-    for (batch, data, hidden, layers, time_dim, out) in [(5, 2, 16, 1, 7, 2), (300, 3, 48, 3, 32, 6)] {
+    for (batch, data, hidden, layers, time_dim, out) in
+        [(5, 2, 16, 1, 7, 2), (300, 3, 48, 3, 32, 6), (1000, 2, 256, 3, 64, 2)]
+    {
         for device in [Device::flex(), Device::flex().autodiff()] {
             let grad = device.is_autodiff();
             let net = MlpConfig::new()

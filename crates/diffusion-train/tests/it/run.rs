@@ -267,6 +267,22 @@ fn every_preset_is_valid() {
     }
 }
 
+/// A preset that anneals its learning rate does so over the whole run: with `lr_anneal_steps`
+/// below `steps`, the rate is 0 for the rest and those steps train nothing (the swissroll preset
+/// once annealed over 3,000 of its 10,000 steps and did not learn the roll).
+#[test]
+fn every_preset_anneals_over_its_whole_run() {
+    for name in diffusion_train::config::PRESETS {
+        let cfg = TrainConfig::preset(name).unwrap();
+        let anneal = cfg.optim.lr_anneal_steps;
+        assert!(
+            anneal == 0 || anneal >= cfg.steps,
+            "{name}: lr anneals to 0 at step {anneal} of {}",
+            cfg.steps
+        );
+    }
+}
+
 /// `--devices`: burn's multi-device strategy splits every microbatch between the devices (here
 /// two CPU devices) and the run completes with every checkpoint.
 #[test]
