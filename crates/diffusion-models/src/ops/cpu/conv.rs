@@ -326,6 +326,9 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], need_dx: bo
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const BLOCK: usize = 16;
     let mut t = vec![0f32; rows * cols];
+    if t.is_empty() {
+        return t;
+    }
     t.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(b, dst)| {
         let c0 = b * BLOCK;
         let width = dst.len() / rows;

@@ -397,6 +397,7 @@ pub fn mlp(
         .iter()
         .zip(layers)
         .any(|(&shape, (w, b))| w.dims() != [shape.0, shape.1] || b.dims() != [shape.1])
+        || [d.data, d.time, d.hidden, d.out].contains(&0)
     {
         return None;
     }
