@@ -5,6 +5,14 @@ use burn::tensor::{Tensor, TensorData};
 /// The default maximum period: the lowest frequency is 1/10 000.
 pub const MAX_PERIOD: f64 = 10_000.0;
 
+/// The `dim / 2` frequencies of the embedding, f_i = exp(−ln(max_period) · i / half), in f32 in
+/// the reference's order of operations.
+pub(crate) fn frequencies(dim: usize, max_period: f64) -> Vec<f32> {
+    let half = dim / 2;
+    let neg_log = -(max_period.ln() as f32);
+    (0..half).map(|i| ((neg_log * i as f32) / half as f32).exp()).collect()
+}
+
 /// Sinusoidal embeddings of (possibly fractional) timesteps: for `half = dim / 2` frequencies
 /// f_i = exp(−ln(max_period) · i / half), the embedding is `[cos(t f_0), …, cos(t f_{half−1}),
 /// sin(t f_0), …, sin(t f_{half−1})]` — cosines first — padded with a zero column when `dim` is odd.
@@ -15,9 +23,7 @@ pub fn timestep_embedding(timesteps: Tensor<1>, dim: usize, max_period: f64) -> 
     let device = timesteps.device();
     let n = timesteps.dims()[0];
     let half = dim / 2;
-    // In f32, in the reference's order: exp((-ln(P) * i) / half).
-    let neg_log = -(max_period.ln() as f32);
-    let freqs: Vec<f32> = (0..half).map(|i| ((neg_log * i as f32) / half as f32).exp()).collect();
+    let freqs = frequencies(dim, max_period);
     let freqs = Tensor::<2>::from_data(TensorData::new(freqs, [1, half]), &device);
     let args = timesteps.reshape([n, 1]) * freqs;
     let mut parts = vec![args.clone().cos(), args.sin()];

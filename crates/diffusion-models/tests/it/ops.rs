@@ -410,8 +410,9 @@ fn linear_add_silu_equals_the_composite() {
 /// with burn's sin/cos, our SiLU ops): the output on both CPU devices, and on the autodiff device
 /// the gradient of x and of every parameter (each layer's weight and bias, through θ's `cat`).
 /// Cases: an odd embedding width (zero column) and one layer with a batch smaller than a row
-/// block; three layers with a batch of 300 (blocks of 128 with a remainder); timesteps up to
-/// 3999 with fractional parts (the sin/cos range reduction).
+/// block; three layers with a batch of 300 (blocks of 128 with a remainder); the swissroll
+/// preset's size (hidden 256, batch 1000); timesteps up to 3999 with fractional parts (the
+/// sin/cos range reduction).
 #[test]
 fn mlp_op_equals_the_layer_by_layer_mlp() {
     for (batch, data, hidden, layers, time_dim, out) in

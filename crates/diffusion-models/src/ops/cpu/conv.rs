@@ -317,28 +317,8 @@ pub fn backward(g: &Geometry, x: &[f32], weight: &[f32], dy: &[f32], need_dx: bo
             (a, ab)
         });
     // The accumulator holds dWᵀ ([K, C_out]).
-    let dwb = need_dw.then(|| (transpose(&dw, k, co), db.into_iter().map(|v| v as f32).collect()));
+    let dwb = need_dw.then(|| (super::transpose(&dw, k, co), db.into_iter().map(|v| v as f32).collect()));
     (winograd_dx.or(dx), dwb)
-}
-
-/// The transpose `[cols, rows]` of the row-major `[rows, cols]` matrix `m`, in parallel blocks
-/// of 16 output rows (each source row contributes one cache line to a block).
-pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const BLOCK: usize = 16;
-    let mut t = vec![0f32; rows * cols];
-    if t.is_empty() {
-        return t;
-    }
-    t.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(b, dst)| {
-        let c0 = b * BLOCK;
-        let width = dst.len() / rows;
-        for (r, src) in m.chunks_exact(cols).enumerate() {
-            for (j, &v) in src[c0..c0 + width].iter().enumerate() {
-                dst[j * rows + r] = v;
-            }
-        }
-    });
-    t
 }
 
 /// The Winograd shape of `g` when F(2×2, 3×3) serves it: a 3×3 kernel, stride 1, padding 1 on

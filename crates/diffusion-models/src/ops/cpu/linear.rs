@@ -14,7 +14,7 @@ use gemm::Parallelism;
 
 use super::gemm::gemm_into;
 use super::norm::exp_f32;
-use super::{Ad, FlexFloat, contiguous_f32, flex_from, simd_variant};
+use super::{Ad, FlexFloat, column_sums, contiguous_f32, flex_from, simd_variant};
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -129,16 +129,7 @@ impl Backward<Flex, 4> for LinearSiluBackward {
             grads.register::<Flex>(node.id, flex_from(dw, vec![d.d_in, d.d_out]));
         }
         if let Some(node) = pb {
-            let mut db = vec![0f64; d.d_out];
-            for row in dz.chunks_exact(d.d_out) {
-                for (acc, &v) in db.iter_mut().zip(row) {
-                    *acc += f64::from(v);
-                }
-            }
-            grads.register::<Flex>(
-                node.id,
-                flex_from(db.into_iter().map(|v| v as f32).collect(), vec![d.d_out]),
-            );
+            grads.register::<Flex>(node.id, flex_from(column_sums(&dz, d.d_out), vec![d.d_out]));
         }
         if let Some(node) = pa {
             grads.register::<Flex>(node.id, flex_from(dz, vec![d.rows, d.d_out]));

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::linear::{silu_grad, silu_into};
-use super::{Ad, FlexFloat, contiguous_f32, flex_from, plan_chunks, simd_variant, with_scratch};
+use super::{Ad, FlexFloat, column_sums, contiguous_f32, flex_from, plan_chunks, simd_variant, with_scratch};
 
 /// Rows per block: the activations of a block (`rows × hidden` per layer) stay in L2.
 const BLOCK_ROWS: usize = 128;
@@ -171,10 +171,7 @@ fn forward_block(
 
 /// The forward pass over the whole batch; with `keep`, the intermediates for the backward pass.
 fn forward(d: &Dims, p: &Params<'_>, x: &[f32], ts: &[f32], keep: bool) -> (Vec<f32>, Option<Saved>) {
-    let half = d.time / 2;
-    let neg_log = -(crate::embedding::MAX_PERIOD.ln() as f32);
-    // As the composite embedding computes them: exp((−ln P · i) / half) in f32.
-    let freqs: Vec<f32> = (0..half).map(|i| ((neg_log * i as f32) / half as f32).exp()).collect();
+    let freqs = crate::embedding::frequencies(d.time, crate::embedding::MAX_PERIOD);
     let (gs, _, par) = plan_chunks(d.batch, 1, BLOCK_ROWS);
     let (hd, lay) = (d.hidden, d.layers);
     let mut y = vec![0f32; d.batch * d.out];
@@ -226,15 +223,6 @@ fn forward(d: &Dims, p: &Params<'_>, x: &[f32], ts: &[f32], keep: bool) -> (Vec<
             });
         });
     (y, Some(s))
-}
-
-/// `Σ_rows m[r, :]` (f64 accumulation).
-fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
-    let mut acc = vec![0f64; cols];
-    for row in m.chunks_exact(cols) {
-        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += f64::from(v));
-    }
-    acc.into_iter().map(|v| v as f32).collect()
 }
 
 #[derive(Debug, Clone)]

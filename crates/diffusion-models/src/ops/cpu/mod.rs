@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 
+use rayon::prelude::*;
+
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::{Autodiff, BackendTypes, Flex};
 use burn::tensor::{Tensor, TensorData};
@@ -58,6 +60,35 @@ pub fn plan_chunks(batch: usize, per_sample: usize, target: usize) -> (usize, us
     let chunks = batch.div_ceil(gs);
     let par = if chunks >= threads { ::gemm::Parallelism::None } else { ::gemm::Parallelism::Rayon(threads) };
     (gs, chunks, par)
+}
+
+/// The transpose `[cols, rows]` of the row-major `[rows, cols]` matrix `m`, in parallel blocks
+/// of 16 output rows (each source row contributes one cache line to a block).
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 16;
+    let mut t = vec![0f32; rows * cols];
+    if t.is_empty() {
+        return t;
+    }
+    t.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(b, dst)| {
+        let c0 = b * BLOCK;
+        let width = dst.len() / rows;
+        for (r, src) in m.chunks_exact(cols).enumerate() {
+            for (j, &v) in src[c0..c0 + width].iter().enumerate() {
+                dst[j * rows + r] = v;
+            }
+        }
+    });
+    t
+}
+
+/// `Σ_rows m[r, :]` of the row-major `m` with `cols` columns, accumulated in f64.
+pub fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+    let mut acc = vec![0f64; cols];
+    for row in m.chunks_exact(cols) {
+        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += f64::from(v));
+    }
+    acc.into_iter().map(|v| v as f32).collect()
 }
 
 /// The autodiff CPU device our kernels serve.
@@ -163,10 +194,11 @@ pub fn has_avx512() -> bool {
     })
 }
 
-/// Calls the AVX2 + FMA build of a kernel loop (a `#[target_feature(enable = "avx2,fma")]`
-/// function whose body inlines the same `#[inline(always)]` code as the baseline) when the CPU
-/// has those features, the baseline build otherwise. Rust never contracts `a·b + c` into an FMA
-/// on its own, so both builds give bit-identical results; AVX2 gives 8 lanes instead of 4.
+/// Calls the widest build of a kernel loop the CPU has: the AVX-512 one
+/// (`#[target_feature(enable = "avx512f,avx2,fma")]`), the AVX2 + FMA one, or the baseline — each
+/// a function whose body inlines the same `#[inline(always)]` code. Rust never contracts
+/// `a·b + c` into an FMA on its own and the reductions fix their lane order in the code, so
+/// every build gives bit-identical results; the wider ones run 16 or 8 lanes instead of 4.
 macro_rules! dispatch {
     ($avx512:expr, $avx2:expr, $baseline:expr) => {{
         #[cfg(target_arch = "x86_64")]

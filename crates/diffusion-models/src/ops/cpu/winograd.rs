@@ -13,7 +13,11 @@ use rayon::prelude::*;
 
 use super::gemm::gemm_into;
 use super::simd_variant;
-use super::{plan_chunks, with_scratch};
+use super::{plan_chunks, transpose, with_scratch};
+
+/// Tiles (GEMM columns) per chunk, at least one sample: V and M of a chunk stay close to L2 size
+/// (measured with convbench: 512 → 128 is 10–20 % faster at 32 × 32 and 16 × 16).
+const CHUNK_TILES: usize = 128;
 
 /// Shapes of one Winograd convolution (3×3, stride 1, padding 1: output size = input size).
 #[derive(Debug, Clone, Copy)]
@@ -213,9 +217,7 @@ fn output_transform_body(
 /// bias: the NCHW output.
 pub fn conv(s: &Shape, x: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let tps = s.tiles_per_sample();
-    // ≈ 128 tiles (GEMM columns) per chunk, at least one sample: V and M of a chunk stay close to
-    // L2 size (measured with convbench: 512 → 128 is 10–20 % faster at 32 × 32 and 16 × 16).
-    let (gs, _, par) = plan_chunks(s.batch, tps, 128);
+    let (gs, _, par) = plan_chunks(s.batch, tps, CHUNK_TILES);
     let [h, w] = s.hw;
     let (in_len, out_len) = (s.c_in * h * w, s.c_out * h * w);
     let mut out = vec![0f32; s.batch * out_len];
@@ -307,9 +309,7 @@ fn grad_transform_body(s: &Shape, dy: &[f32], gs: usize, dm: &mut [f32], plane: 
 /// contracting over the tiles), then `dg = Gᵀ dU G`.
 pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let tps = s.tiles_per_sample();
-    // ≈ 128 tiles (GEMM columns) per chunk, at least one sample: V and M of a chunk stay close to
-    // L2 size (measured with convbench: 512 → 128 is 10–20 % faster at 32 × 32 and 16 × 16).
-    let (gs, _, par) = plan_chunks(s.batch, tps, 128);
+    let (gs, _, par) = plan_chunks(s.batch, tps, CHUNK_TILES);
     let [h, w] = s.hw;
     let (in_len, out_len, mk) = (s.c_in * h * w, s.c_out * h * w, s.c_in * s.c_out);
     let zero = || (vec![0f32; 16 * mk], vec![0f64; s.c_out]);
@@ -355,7 +355,7 @@ pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
         });
     // dg[ky][kx] = Σ_{a,b} G[a][ky] G[b][kx] dU[4a + b], per input channel over contiguous
     // rows of C_out (dUᵀ is [16, C_in, C_out]) into dgᵀ [C_in, 9, C_out], skipping G's zeros;
-    // then the transpose into [C_out, C_in, 3, 3].
+    // then the transpose into [C_out, C_in·9].
     let co = s.c_out;
     let mut dgt = vec![0f32; mk * 9];
     dgt.par_chunks_mut(9 * co).enumerate().for_each(|(ci, dst)| {
@@ -370,15 +370,7 @@ pub fn weight_grad(s: &Shape, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
             }
         }
     });
-    let mut dw = vec![0f32; mk * 9];
-    dw.par_chunks_mut(s.c_in * 9).enumerate().for_each(|(o, dst)| {
-        for (ci, g) in dst.chunks_exact_mut(9).enumerate() {
-            for (kk, v) in g.iter_mut().enumerate() {
-                *v = dgt[(ci * 9 + kk) * co + o];
-            }
-        }
-    });
-    (dw, db.into_iter().map(|v| v as f32).collect())
+    (transpose(&dgt, s.c_in * 9, co), db.into_iter().map(|v| v as f32).collect())
 }
 
 simd_variant!(
