@@ -43,7 +43,8 @@ fn bench_sampling(c: &mut Criterion) {
                     &SampleOptions::default(),
                     None,
                     &device,
-                );
+                )
+                .unwrap();
                 black_box(out.sample.into_data())
             })
         });

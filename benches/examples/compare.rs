@@ -128,7 +128,8 @@ fn main() {
                             &options,
                             None,
                             &device,
-                        );
+                        )
+                        .unwrap();
                         let _ = r.sample.into_data();
                     })
                 ));
@@ -163,7 +164,8 @@ fn main() {
                             &options,
                             None,
                             &device,
-                        );
+                        )
+                        .unwrap();
                         let _ = r.sample.into_data();
                     })
                 ));

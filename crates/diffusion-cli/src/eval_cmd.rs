@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, Subcommand};
-use diffusion_models::checkpoint::{AnyModel, load_checkpoint};
+use diffusion_core::SeedStream;
 use diffusion_sample::NoiseSource;
+use diffusion_sample::checkpoint::DenoiserNetwork;
 use diffusion_sample::likelihood::{BoundEstimate, continuous_bound, full_bound, stratified_bound};
 use diffusion_train::data::{DataSpec, ImageSet, cifar, folder, mnist, shapes};
 
 use crate::plot::{Panel, Series, line_panels};
-use crate::sample_cmd::{FallbackProcess, process_for};
+use crate::process_args::ProcessArgs;
 
 /// `diffusion eval …`.
 #[derive(Debug, Subcommand)]
@@ -50,7 +51,7 @@ pub struct NllArgs {
     #[arg(long)]
     pub plot: Option<PathBuf>,
     #[command(flatten)]
-    pub process: FallbackProcess,
+    pub process: ProcessArgs,
 }
 
 /// Per-timestep sums over the evaluated images.
@@ -66,7 +67,7 @@ fn held_out(spec: &DataSpec, size: usize, seed: u64) -> Result<ImageSet> {
     Ok(match spec {
         DataSpec::Shapes => {
             // Fresh shapes (another seed than training's), box-filtered to the model's size.
-            let set = shapes::generate(1024, seed.wrapping_add(1_000_003));
+            let set = shapes::generate(1024, SeedStream::HeldOutData.seed(seed));
             if size > 0 && size < shapes::SIZE && shapes::SIZE.is_multiple_of(size) {
                 set.downsample(shapes::SIZE / size)
             } else {
@@ -77,8 +78,9 @@ fn held_out(spec: &DataSpec, size: usize, seed: u64) -> Result<ImageSet> {
         DataSpec::Cifar10(dir) => cifar::load_dir(dir, false)?,
         DataSpec::Folder(dir) => folder::load(dir, Some(size))?,
         DataSpec::Synthetic { .. } => {
-            let Some(set) =
-                diffusion_train::data::load(spec, size, seed.wrapping_add(1_000_003))?.as_images().cloned()
+            let Some(set) = diffusion_train::data::load(spec, size, SeedStream::HeldOutData.seed(seed))?
+                .as_images()
+                .cloned()
             else {
                 bail!("synthetic data should be images")
             };
@@ -91,18 +93,12 @@ fn held_out(spec: &DataSpec, size: usize, seed: u64) -> Result<ImageSet> {
 /// Runs the command.
 pub fn run(cmd: &EvalCommand, device: &Device, out: &mut dyn Write) -> Result<()> {
     let EvalCommand::Nll(args) = cmd;
-    let (header, model) = load_checkpoint(&args.checkpoint, device)?;
-    let unet = match model {
-        AnyModel::Unet(unet) => unet,
-        AnyModel::Mlp(mlp) => return points_nll(args, &header.extra, &mlp, device, out),
-        AnyModel::Classifier(_) => {
-            bail!(
-                "{}: eval nll needs a denoiser (UNet or MLP) checkpoint, not a classifier",
-                args.checkpoint.display()
-            )
-        }
+    let ckpt = args.process.open(&args.checkpoint, device)?;
+    let d = ckpt.diffusion;
+    let unet = match ckpt.network {
+        DenoiserNetwork::Unet(unet) => unet,
+        DenoiserNetwork::Mlp(mlp) => return points_nll(args, &d, &mlp, device, out),
     };
-    let d = process_for(&header.extra, &args.process, None, unet.out_channels, unet.in_channels)?;
     let spec: DataSpec = args.data.parse()?;
     let data = held_out(&spec, unet.image_size, args.seed)?;
     if (data.channels, data.size) != (unet.in_channels, unet.image_size) {
@@ -224,13 +220,12 @@ pub fn run(cmd: &EvalCommand, device: &Device, out: &mut dyn Write) -> Result<()
 /// The bound for a 2-D model on held-out points of `--data` (a point set), in nats per point.
 fn points_nll(
     args: &NllArgs,
-    extra: &serde_json::Value,
+    d: &diffusion_core::GaussianDiffusion,
     mlp: &diffusion_models::Mlp,
     device: &Device,
     out: &mut dyn Write,
 ) -> Result<()> {
     let dim = mlp.input.weight.dims()[0];
-    let d = process_for(extra, &args.process, None, mlp.output.weight.dims()[1], dim)?;
     let spec: DataSpec = args.data.parse()?;
     let DataSpec::Points(toy) = spec else {
         bail!(
@@ -246,7 +241,7 @@ fn points_nll(
         bail!("--num must be at least 1");
     }
     // Held-out: another seed than any training run's data.
-    let pts = toy.sample(n, args.seed.wrapping_add(1_000_003));
+    let pts = toy.sample(n, SeedStream::HeldOutData.seed(args.seed));
     let noise = NoiseSource::new(args.seed);
     let model = |x: Tensor<2>, t: Tensor<1>| mlp.forward(x, t);
     let mut per_point = Vec::with_capacity(n);
@@ -254,7 +249,7 @@ fn points_nll(
         let ids: Vec<u64> = (0..chunk.len()).map(|i| (k * args.batch_size.max(1) + i) as u64).collect();
         let flat: Vec<f32> = chunk.iter().flat_map(|p| p.iter().copied()).collect();
         let x0 = Tensor::<2>::from_data(TensorData::new(flat, [chunk.len(), dim]), device);
-        let nats = continuous_bound(&d, &model, x0, &ids, &noise);
+        let nats = continuous_bound(d, &model, x0, &ids, &noise);
         per_point.extend(nats.into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default());
         eprintln!("evaluated {}/{n} points", per_point.len());
     }

@@ -3,18 +3,19 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Args;
 use diffusion_core::GaussianDiffusion;
 use diffusion_models::UNet;
-use diffusion_models::checkpoint::{AnyModel, load_checkpoint};
+use diffusion_sample::checkpoint::DenoiserNetwork;
+use diffusion_sample::generate::fixed_labels;
 use diffusion_sample::output::{save_grid_png, to_images};
 use diffusion_sample::sampler::sample_from;
 use diffusion_sample::{Method, NoiseSource, SampleOptions, ddim_reverse_loop, slerp};
 use diffusion_train::data::{DataSpec, ImageSet, load};
 
-use crate::sample_cmd::{FallbackProcess, process_for};
+use crate::process_args::ProcessArgs;
 
 /// Arguments shared by the latent-space commands.
 #[derive(Debug, Args)]
@@ -29,7 +30,7 @@ pub struct LatentCommon {
     #[arg(long, default_value_t = 0)]
     pub class: usize,
     #[command(flatten)]
-    pub process: FallbackProcess,
+    pub process: ProcessArgs,
     /// Output PNG.
     #[arg(long)]
     pub out: PathBuf,
@@ -76,12 +77,11 @@ struct Ctx {
 
 impl Ctx {
     fn new(c: &LatentCommon, device: &Device) -> Result<Self> {
-        let (header, model) = load_checkpoint(&c.checkpoint, device)?;
-        let AnyModel::Unet(unet) = model else {
+        let ckpt = c.process.open(&c.checkpoint, device)?;
+        let DenoiserNetwork::Unet(unet) = ckpt.network else {
             bail!("{}: a UNet checkpoint is needed", c.checkpoint.display())
         };
-        let d =
-            process_for(&header.extra, &c.process, Some(&c.respace), unet.out_channels, unet.in_channels)?;
+        let d = ckpt.diffusion.respace_spec(&c.respace)?;
         Ok(Self { unet, d, device: device.clone(), class: c.class })
     }
 
@@ -89,20 +89,19 @@ impl Ctx {
         [1, self.unet.in_channels, self.unet.image_size, self.unet.image_size]
     }
 
-    fn y(&self, n: usize) -> Option<Tensor<1, Int>> {
-        (self.unet.num_classes > 0)
-            .then(|| Tensor::full([n], (self.class % self.unet.num_classes) as i64, &self.device))
+    fn y(&self, n: usize) -> Result<Option<Tensor<1, Int>>> {
+        Ok(fixed_labels(&self.unet, n, self.class, &self.device).context("--class")?)
     }
 
-    fn decode(&self, x_t: Tensor<4>) -> Tensor<4> {
+    fn decode(&self, x_t: Tensor<4>) -> Result<Tensor<4>> {
         let n = x_t.dims()[0];
-        let y = self.y(n);
+        let y = self.y(n)?;
         let model = |x: Tensor<4>, t: Tensor<1>| self.unet.forward(x, t, y.clone());
         let ids: Vec<u64> = (0..n as u64).collect();
         // No clipping: the deterministic chain must stay invertible.
         let opts = SampleOptions { clip_denoised: false, record_every: None };
         let method = Method::Ddim { eta: 0.0 };
-        sample_from(
+        Ok(sample_from(
             &self.d,
             &model,
             &ids,
@@ -113,14 +112,14 @@ impl Ctx {
             None,
             Some(x_t),
             &self.device,
-        )
-        .sample
+        )?
+        .sample)
     }
 
-    fn encode(&self, x0: Tensor<4>) -> Tensor<4> {
-        let y = self.y(x0.dims()[0]);
+    fn encode(&self, x0: Tensor<4>) -> Result<Tensor<4>> {
+        let y = self.y(x0.dims()[0])?;
         let model = |x: Tensor<4>, t: Tensor<1>| self.unet.forward(x, t, y.clone());
-        ddim_reverse_loop(&self.d, &model, x0)
+        Ok(ddim_reverse_loop(&self.d, &model, x0)?)
     }
 
     fn images(&self, spec: &str, idx: &[usize]) -> Result<Tensor<4>> {
@@ -159,7 +158,7 @@ pub fn interpolate(args: &InterpolateArgs, device: &Device) -> Result<()> {
     }
     let (a, b) = match &args.data {
         Some(spec) => {
-            let z = ctx.encode(ctx.images(spec, &args.images)?);
+            let z = ctx.encode(ctx.images(spec, &args.images)?)?;
             (z.clone().narrow(0, 0, 1), z.narrow(0, 1, 1))
         }
         None => {
@@ -171,7 +170,7 @@ pub fn interpolate(args: &InterpolateArgs, device: &Device) -> Result<()> {
     };
     let frames: Vec<Tensor<4>> =
         (0..args.frames).map(|k| slerp(a.clone(), b.clone(), k as f64 / (args.frames - 1) as f64)).collect();
-    let strip = ctx.decode(Tensor::cat(frames, 0));
+    let strip = ctx.decode(Tensor::cat(frames, 0))?;
     save_grid_png(&args.common.out, &to_images(strip), args.frames)?;
     eprintln!("wrote {}", args.common.out.display());
     Ok(())
@@ -183,8 +182,8 @@ pub fn invert(args: &InvertArgs, device: &Device, out: &mut dyn Write) -> Result
     let ctx = Ctx::new(&args.common, device)?;
     let idx: Vec<usize> = (0..args.num.max(1)).collect();
     let x0 = ctx.images(&args.data, &idx)?;
-    let latents = ctx.encode(x0.clone());
-    let recon = ctx.decode(latents);
+    let latents = ctx.encode(x0.clone())?;
+    let recon = ctx.decode(latents)?;
     let mse: f32 = (recon.clone() - x0.clone()).square().mean().into_scalar();
     writeln!(
         out,

@@ -6,6 +6,7 @@ mod eval_cmd;
 mod latent_cmd;
 mod model_cmd;
 mod plot;
+mod process_args;
 mod sample_cmd;
 mod schedule_cmd;
 mod train_cmd;

@@ -6,11 +6,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
+use diffusion_core::{ModelVariance, ProcessRecord};
 use diffusion_models::checkpoint::{
     AnyModel, ModelSpec, import_pytorch_classifier, import_pytorch_unet, load_checkpoint, save_checkpoint,
 };
 use diffusion_models::summary::Summary;
 use diffusion_models::{EncoderUNetConfig, MlpConfig, UNetConfig};
+use diffusion_sample::checkpoint::check_fits;
+
+use crate::process_args::ProcessArgs;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,9 +46,24 @@ pub struct ModelArgs {
     /// Import a PyTorch state dict (improved-/guided-diffusion `.pt`) into the chosen network…
     #[arg(long, requires = "save")]
     pub import_pytorch: Option<PathBuf>,
-    /// Save the network (imported, or freshly initialised) as a diffusion-rs checkpoint here.
+    /// Save the network (imported, or freshly initialised) as a diffusion-rs checkpoint here; a
+    /// denoiser's checkpoint records the process of the flags below.
     #[arg(long)]
     pub save: Option<PathBuf>,
+    /// The process a saved denoiser is for (default: linear, 1000 steps, ε; the variance
+    /// learned-range when the network outputs twice its input channels — the presets'
+    /// `learn_sigma` —, fixed-small otherwise).
+    #[command(flatten)]
+    pub process: ProcessArgs,
+}
+
+/// The `extra` header fields of a saved network: the process (for a denoiser) and the source.
+#[derive(serde::Serialize)]
+struct SavedExtra {
+    #[serde(flatten)]
+    process: ProcessRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    imported_from: Option<PathBuf>,
 }
 
 /// The spec of a preset name.
@@ -123,7 +142,29 @@ pub fn run(args: &ModelArgs, device: &Device, out: &mut dyn Write) -> Result<()>
         (spec, model)
     };
     if let Some(dest) = &args.save {
-        let extra = serde_json::json!({ "imported_from": args.import_pytorch });
+        let learned_sigma = |data: usize, out: usize| {
+            if out == 2 * data { ModelVariance::LearnedRange } else { ModelVariance::FixedSmall }
+        };
+        let diffusion = match &spec {
+            ModelSpec::Unet(c) => Some(args.process.spec(learned_sigma(c.in_channels, c.out_channels))?),
+            ModelSpec::Mlp(c) => Some(args.process.spec(learned_sigma(c.data_dim, c.out_dim))?),
+            ModelSpec::Classifier(_) if args.process.given() => {
+                bail!(
+                    "--schedule/--steps/--variance/--mean describe a denoiser's process, not a classifier's"
+                )
+            }
+            ModelSpec::Classifier(_) => None,
+        };
+        if let (Some(p), ModelSpec::Unet(c)) = (&diffusion, &spec) {
+            check_fits(dest, p.config.variance, c.in_channels, c.out_channels)?;
+        }
+        if let (Some(p), ModelSpec::Mlp(c)) = (&diffusion, &spec) {
+            check_fits(dest, p.config.variance, c.data_dim, c.out_dim)?;
+        }
+        let extra = serde_json::to_value(SavedExtra {
+            process: ProcessRecord { diffusion },
+            imported_from: args.import_pytorch.clone(),
+        })?;
         match &model {
             AnyModel::Unet(m) => save_checkpoint(dest, &spec, m, extra)?,
             AnyModel::Classifier(m) => save_checkpoint(dest, &spec, m, extra)?,

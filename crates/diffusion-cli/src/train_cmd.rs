@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
-use diffusion_models::checkpoint::{AnyModel, load_checkpoint};
+use diffusion_core::SeedStream;
+use diffusion_sample::checkpoint::{DenoiserNetwork, open_denoiser};
 use diffusion_sample::output::{save_grid_png_scaled, to_images};
-use diffusion_sample::{Method, NoiseSource, SampleOptions, sample};
+use diffusion_sample::{Method, SampleOptions, sample};
 use diffusion_train::checkpoint::SavedCheckpoint;
 use diffusion_train::config::GridSampler;
 use diffusion_train::log::read_metrics;
@@ -224,24 +225,22 @@ fn after_checkpoint(cfg: &TrainConfig, dir: &Path, saved: &SavedCheckpoint, devi
     if every == 0 || !(saved.epoch as u64).is_multiple_of(every) {
         return Ok(());
     }
-    let (header, model) = load_checkpoint(&saved.path, device)?;
-    let spec: diffusion_core::ProcessSpec =
-        serde_json::from_value(header.extra["diffusion"].clone()).context("the checkpoint's process")?;
+    let ckpt = open_denoiser(&saved.path, device, None)?;
     let steps = cfg.sample.steps.max(1);
     let (d, method) = match cfg.sample.sampler {
-        GridSampler::Ddpm => (spec.build()?.respace_spec(&steps.to_string())?, Method::Ddpm),
+        GridSampler::Ddpm => (ckpt.diffusion.respace_spec(&steps.to_string())?, Method::Ddpm),
         GridSampler::Ddim => {
-            (spec.build()?.respace_spec(&format!("ddim{steps}"))?, Method::Ddim { eta: 0.0 })
+            (ckpt.diffusion.respace_spec(&format!("ddim{steps}"))?, Method::Ddim { eta: 0.0 })
         }
     };
-    let noise = NoiseSource::new(cfg.seed ^ 0x005A_4D9E);
+    let noise = SeedStream::TrainingGrid.source(cfg.seed);
     let options = SampleOptions { clip_denoised: true, record_every: None };
     let ids: Vec<u64> = (0..cfg.sample.num as u64).collect();
     let samples_dir = dir.join("samples");
     std::fs::create_dir_all(&samples_dir).with_context(|| format!("creating {}", samples_dir.display()))?;
     let file = samples_dir.join(format!("step-{:08}.png", saved.step));
-    match model {
-        AnyModel::Unet(unet) => {
+    match &ckpt.network {
+        DenoiserNetwork::Unet(unet) => {
             // Class-conditional: column c shows class c.
             let classes = unet.num_classes.max(1);
             let cols = if unet.num_classes > 0 { classes } else { (ids.len() as f64).sqrt().ceil() as usize };
@@ -251,19 +250,20 @@ fn after_checkpoint(cfg: &TrainConfig, dir: &Path, saved: &SavedCheckpoint, devi
             });
             let model = |x: Tensor<4>, t: Tensor<1>| unet.forward(x, t, y.clone());
             let item = [1, unet.in_channels, unet.image_size, unet.image_size];
-            let out = sample(&d, &model, &ids, item, &noise, method, &options, None, device);
+            let out = sample(&d, &model, &ids, item, &noise, method, &options, None, device)?;
             let images = to_images(out.sample);
             // Tiles of at least 64 pixels, so that 16×16 samples can be seen.
             save_grid_png_scaled(&file, &images, cols, 64_usize.div_ceil(images.w.max(1)))?;
         }
-        AnyModel::Mlp(mlp) => {
+        DenoiserNetwork::Mlp(mlp) => {
             let model = |x: Tensor<2>, t: Tensor<1>| mlp.forward(x, t);
             // Points are not confined to [−1, 1].
             let options = SampleOptions { clip_denoised: false, ..options };
-            let out = sample(&d, &model, &ids, [1, 2], &noise, method, &options, None, device);
+            let out = sample(&d, &model, &ids, [1, 2], &noise, method, &options, None, device)?;
             let v = out.sample.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
             let pts: Vec<(f64, f64)> = v.chunks(2).map(|p| (f64::from(p[0]), f64::from(p[1]))).collect();
-            let data = diffusion_train::data::load(&cfg.data.parse()?, 0, cfg.seed.wrapping_add(1))?;
+            let data =
+                diffusion_train::data::load(&cfg.data.parse()?, 0, SeedStream::ReferenceData.seed(cfg.seed))?;
             let mut sets = Vec::new();
             if let Some(real) = data.as_points() {
                 sets.push((
@@ -274,7 +274,6 @@ fn after_checkpoint(cfg: &TrainConfig, dir: &Path, saved: &SavedCheckpoint, devi
             sets.push(("samples", pts));
             plot::scatter(&file, &format!("samples at step {}", saved.step), &sets)?;
         }
-        AnyModel::Classifier(_) => bail!("a classifier checkpoint"),
     }
     std::fs::copy(&file, dir.join("samples.png")).context("copying the newest grid")?;
     Ok(())

@@ -710,6 +710,20 @@ pub struct ProcessSpec {
     pub config: DiffusionConfig,
 }
 
+/// The diffusion layer's part of a checkpoint header: the process the network was trained for.
+///
+/// A diffusion-rs checkpoint's header holds an `extra` JSON object to which each layer adds its
+/// own typed fields (this struct's, the trainer's training state beside them); readers parse
+/// the object into the struct of the layer they need. `diffusion` is `None` for a network saved
+/// without a process (e.g. imported PyTorch weights): a reader must then be told the process,
+/// never guess it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// The process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<ProcessSpec>,
+}
+
 impl ProcessSpec {
     /// Builds the process.
     pub fn build(&self) -> Result<GaussianDiffusion> {

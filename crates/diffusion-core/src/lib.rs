@@ -67,13 +67,13 @@ pub mod timestep_sampler;
 
 pub use diffusion::{
     BpdBreakdown, DiffusionConfig, GaussianDiffusion, LossKind, ModelMean, ModelVariance, PMeanVariance,
-    Posterior, ProcessSpec, QMeanVariance, TimestepScaling, TrainingLosses, VbTerms,
+    Posterior, ProcessRecord, ProcessSpec, QMeanVariance, TimestepScaling, TrainingLosses, VbTerms,
 };
 pub use error::{Error, Result};
 pub use likelihood::{
     approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl, normal_kl_standard,
 };
-pub use noise::NoiseSource;
+pub use noise::{NoiseSource, SeedStream};
 pub use respace::space_timesteps;
 pub use schedule::{
     BetaSchedule, betas_for_alpha_bar, betas_from_alphas_cumprod, cosine_betas, linear_betas,

@@ -9,6 +9,41 @@ use rand_chacha::ChaCha8Rng;
 /// The step index used for the initial noise x_T.
 pub const INITIAL_STEP: u64 = u64::MAX;
 
+/// The named random streams derived from a run's or a command's seed, in one place, so that no
+/// two uses of one seed draw the same numbers by accident (e.g. the class labels of a sample
+/// grid and its noise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SeedStream {
+    /// The sampling noise (x_T and every step): the seed itself.
+    Noise,
+    /// Class labels drawn per sample id when none is given.
+    ClassLabels,
+    /// The noise of the sample grids a training run writes at its checkpoints.
+    TrainingGrid,
+    /// The data drawn beside a sample set for comparison (2-D point sets).
+    ReferenceData,
+    /// Held-out data for evaluation (a seed no training run's data uses).
+    HeldOutData,
+}
+
+impl SeedStream {
+    /// The seed of this stream for the base seed `seed`.
+    pub fn seed(self, seed: u64) -> u64 {
+        match self {
+            SeedStream::Noise => seed,
+            SeedStream::ClassLabels => seed ^ 0xC1A55,
+            SeedStream::TrainingGrid => seed ^ 0x005A_4D9E,
+            SeedStream::ReferenceData => seed.wrapping_add(1),
+            SeedStream::HeldOutData => seed.wrapping_add(1_000_003),
+        }
+    }
+
+    /// A [`NoiseSource`] on this stream.
+    pub fn source(self, seed: u64) -> NoiseSource {
+        NoiseSource::new(self.seed(seed))
+    }
+}
+
 /// A seeded source of standard-normal noise, addressed by sample id and step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoiseSource {

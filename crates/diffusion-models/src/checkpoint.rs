@@ -62,6 +62,20 @@ pub struct CheckpointHeader {
     pub sections: Vec<SectionInfo>,
 }
 
+impl CheckpointHeader {
+    /// `extra` read as the typed struct of the layer that wrote it (e.g. diffusion-core's
+    /// `ProcessRecord`); fields of other layers are ignored, a missing or malformed field of `T`
+    /// is an error naming the file.
+    pub fn extra_as<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<T> {
+        let extra = if self.extra.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            self.extra.clone()
+        };
+        serde_json::from_value(extra).map_err(|e| invalid(path, format!("unreadable header metadata: {e}")))
+    }
+}
+
 /// Name and length of one binary section of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SectionInfo {

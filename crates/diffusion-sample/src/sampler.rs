@@ -11,47 +11,16 @@
 //! by Σ ∇log p(y|x_t); for DDIM the noise estimate becomes ε̂ − √(1−ᾱ_t) ∇log p(y|x_t). The
 //! [`Guidance`] returns the gradient already multiplied by the guidance scale.
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Tensor};
 use diffusion_core::GaussianDiffusion;
 
+use crate::error::{Result, SampleError};
 use crate::noise::{INITIAL_STEP, NoiseSource};
-
-/// A network `(x_t, model timesteps) → output` (ε̂, x̂_0, … and variance channels, as the
-/// process's configuration says). Any closure of that shape is one.
-pub trait Denoiser<const D: usize> {
-    /// The network output.
-    fn denoise(&self, x: Tensor<D>, t: Tensor<1>) -> Tensor<D>;
-}
-
-impl<const D: usize, F: Fn(Tensor<D>, Tensor<1>) -> Tensor<D>> Denoiser<D> for F {
-    fn denoise(&self, x: Tensor<D>, t: Tensor<1>) -> Tensor<D> {
-        self(x, t)
-    }
-}
-
-/// s · ∇_x log p(y | x_t): the guidance gradient, scale included.
-pub trait Guidance<const D: usize> {
-    /// The gradient at `x` for model timesteps `t`.
-    fn gradient(&self, x: Tensor<D>, t: Tensor<1>) -> Tensor<D>;
-}
-
-impl<const D: usize, F: Fn(Tensor<D>, Tensor<1>) -> Tensor<D>> Guidance<D> for F {
-    fn gradient(&self, x: Tensor<D>, t: Tensor<1>) -> Tensor<D> {
-        self(x, t)
-    }
-}
-
-/// The predictor of a predictor-corrector sampler.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Predictor {
-    /// Ancestral sampling.
-    Ddpm,
-    /// DDIM with η.
-    Ddim {
-        /// η.
-        eta: f64,
-    },
-}
+pub use crate::step::{Denoiser, Guidance, Predictor};
+use crate::step::{
+    PcNoise, StepOptions, ancestral_step, ddim_inversion_step, ddim_sigma, ddim_step, langevin_step,
+    model_output, norms, per_sample, predict, predictor_corrector_step,
+};
 
 /// A sampling algorithm.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,6 +51,24 @@ pub enum Method {
     },
 }
 
+impl Method {
+    /// Annealed Langevin with `steps_per_level` steps and the default step scale ε = 0.1 σ_min²
+    /// (σ_min² = (1 − ᾱ_0)/ᾱ_0, the smallest level of `diffusion`; stable below 4 σ_min²).
+    pub fn langevin(diffusion: &GaussianDiffusion, steps_per_level: usize) -> Self {
+        let ab0 = diffusion.tables().alphas_cumprod[0];
+        Method::Langevin { steps_per_level: steps_per_level.max(1), step_scale: 0.1 * (1.0 - ab0) / ab0 }
+    }
+
+    /// Network evaluations per level of the process.
+    pub fn evaluations_per_level(&self) -> usize {
+        match *self {
+            Method::Ddpm | Method::Ddim { .. } => 1,
+            Method::Langevin { steps_per_level, .. } => steps_per_level + 1,
+            Method::PredictorCorrector { corrector_steps, .. } => corrector_steps + 1,
+        }
+    }
+}
+
 /// Options of [`sample`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleOptions {
@@ -108,105 +95,46 @@ pub struct SampleOutput<const D: usize> {
     pub pred_x0: Vec<(usize, Tensor<D>)>,
 }
 
-/// Shape `[B, 1, …, 1]` for per-sample scalars against data of rank D.
-fn per_sample<const D: usize>(v: Vec<f32>, device: &Device) -> Tensor<D> {
-    let b = v.len();
-    let mut shape = [1usize; D];
-    shape[0] = b;
-    Tensor::<1>::from_floats(v.as_slice(), device).reshape(shape)
-}
-
-/// Per-sample Euclidean norms.
-fn norms<const D: usize>(x: &Tensor<D>) -> Vec<f32> {
-    let b = x.dims()[0];
-    let sq: Tensor<2> = x.clone().square().reshape([b as i32, -1]).sum_dim(1);
-    sq.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default()
-        .into_iter()
-        .map(f32::sqrt)
-        .collect()
-}
-
-struct Ctx<'a, const D: usize> {
-    diffusion: &'a GaussianDiffusion,
-    model: &'a dyn Denoiser<D>,
-    guidance: Option<&'a dyn Guidance<D>>,
-    noise: &'a NoiseSource,
-    ids: &'a [u64],
-    item: [usize; D],
-    clip: bool,
-    device: &'a Device,
-}
-
-impl<const D: usize> Ctx<'_, D> {
-    fn t(&self, i: usize) -> Tensor<1, Int> {
-        Tensor::<1, Int>::full([self.ids.len()], i as i64, self.device)
-    }
-
-    fn z(&self, step: u64) -> Tensor<D> {
-        self.noise.batch(self.ids, step, self.item, self.device)
-    }
-
-    /// ε̂ at level i (from whatever the network predicts), with the DDIM score shift of guidance.
-    fn eps(&self, x: Tensor<D>, i: usize, guided: bool) -> (Tensor<D>, Tensor<D>) {
-        let t = self.t(i);
-        let mt = self.diffusion.model_timesteps(t.clone());
-        let out = self.model.denoise(x.clone(), mt.clone());
-        let pmv = self.diffusion.p_mean_variance(out, x.clone(), t.clone(), self.clip);
-        let mut pred_x0 = pmv.pred_x0;
-        let mut eps = self.diffusion.predict_eps_from_x0(x.clone(), t.clone(), pred_x0.clone());
-        if guided && let Some(g) = self.guidance {
-            let s = (1.0 - self.diffusion.tables().alphas_cumprod[i]).sqrt();
-            eps = eps - g.gradient(x.clone(), mt).mul_scalar(s);
-            pred_x0 = self.diffusion.predict_x0_from_eps(x, t, eps.clone());
-        }
-        (eps, pred_x0)
-    }
-
-    fn ddpm(&self, x: Tensor<D>, i: usize, step: u64) -> (Tensor<D>, Tensor<D>) {
-        let t = self.t(i);
-        let mt = self.diffusion.model_timesteps(t.clone());
-        let out = self.model.denoise(x.clone(), mt.clone());
-        let pmv = self.diffusion.p_mean_variance(out, x.clone(), t, self.clip);
-        let mut mean = pmv.mean;
-        if let Some(g) = self.guidance {
-            mean = mean + pmv.variance * g.gradient(x, mt);
-        }
-        let next = if i > 0 { mean + pmv.log_variance.mul_scalar(0.5).exp() * self.z(step) } else { mean };
-        (next, pmv.pred_x0)
-    }
-
-    fn ddim(&self, x: Tensor<D>, i: usize, eta: f64, step: u64) -> (Tensor<D>, Tensor<D>) {
-        let (_, pred_x0) = self.eps(x.clone(), i, true);
-        let eps = self.diffusion.predict_eps_from_x0(x, self.t(i), pred_x0.clone());
-        let tb = self.diffusion.tables();
-        let (ab, ab_prev) = (tb.alphas_cumprod[i], tb.alphas_cumprod_prev[i]);
-        let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt();
-        let mean = pred_x0.clone().mul_scalar(ab_prev.sqrt())
-            + eps.mul_scalar((1.0 - ab_prev - sigma * sigma).max(0.0).sqrt());
-        let next = if i > 0 && sigma > 0.0 { mean + self.z(step).mul_scalar(sigma) } else { mean };
-        (next, pred_x0)
-    }
-
-    /// The score −ε̂/√(1−ᾱ_t), plus the guidance gradient.
-    fn score(&self, x: Tensor<D>, i: usize) -> Tensor<D> {
-        let (eps, _) = self.eps(x.clone(), i, false);
-        let s = eps.div_scalar(-(1.0 - self.diffusion.tables().alphas_cumprod[i]).sqrt());
-        match self.guidance {
-            Some(g) => s + g.gradient(x, self.diffusion.model_timesteps(self.t(i))),
-            None => s,
-        }
-    }
-}
-
-fn step_id(i: usize, j: usize) -> u64 {
+/// The noise key of inner step `j` at level `i` (j = 0: the predictor / the ancestral step).
+pub fn step_key(i: usize, j: usize) -> u64 {
     ((i as u64) << 20) | j as u64
 }
 
+/// Where a sampling loop's noise comes from: x_T and the noise of inner step `j` at level `i`
+/// (j = 0: the ancestral or predictor step; j ≥ 1: Langevin / corrector steps, `j − 1` for
+/// Langevin's own steps as keyed by [`step_key`]).
+pub trait LoopNoise<const D: usize> {
+    /// x_T (used when no `x_init` is given).
+    fn initial(&self) -> Tensor<D>;
+    /// The noise for `key` = [`step_key`]`(i, j)`.
+    fn step(&self, key: u64) -> Tensor<D>;
+}
+
+/// [`LoopNoise`] from a [`NoiseSource`]: sample `id`'s noise at each key.
+#[derive(Debug, Clone)]
+pub struct KeyedNoise<'a, const D: usize> {
+    /// The source.
+    pub source: &'a NoiseSource,
+    /// The sample ids of the batch.
+    pub ids: &'a [u64],
+    /// One sample's shape, `[1, …]`.
+    pub item: [usize; D],
+    /// The device of the noise.
+    pub device: &'a Device,
+}
+
+impl<const D: usize> LoopNoise<D> for KeyedNoise<'_, D> {
+    fn initial(&self) -> Tensor<D> {
+        self.source.batch(self.ids, INITIAL_STEP, self.item, self.device)
+    }
+
+    fn step(&self, key: u64) -> Tensor<D> {
+        self.source.batch(self.ids, key, self.item, self.device)
+    }
+}
+
 /// Draws samples `ids` (each of shape `item`, whose first entry is 1) from the process, starting
-/// from `x_init` or, by default, from noise drawn for `(seed, id)`.
+/// from noise drawn for `(seed, id)`.
 ///
 /// # Shapes
 /// `item: [1, …]`; the output is `[ids.len(), …]`.
@@ -221,7 +149,7 @@ pub fn sample<const D: usize>(
     options: &SampleOptions,
     guidance: Option<&dyn Guidance<D>>,
     device: &Device,
-) -> SampleOutput<D> {
+) -> Result<SampleOutput<D>> {
     sample_from(diffusion, model, ids, item, noise, method, options, guidance, None, device)
 }
 
@@ -238,39 +166,83 @@ pub fn sample_from<const D: usize>(
     guidance: Option<&dyn Guidance<D>>,
     x_init: Option<Tensor<D>>,
     device: &Device,
-) -> SampleOutput<D> {
-    let ctx = Ctx { diffusion, model, guidance, noise, ids, item, clip: options.clip_denoised, device };
-    let mut x = x_init.unwrap_or_else(|| ctx.z(INITIAL_STEP));
+) -> Result<SampleOutput<D>> {
+    if ids.is_empty() {
+        return Err(SampleError::InvalidOption("nothing to sample: no sample ids were given".into()));
+    }
+    if D < 1 || item[0] != 1 {
+        return Err(SampleError::InvalidOption(format!("the item shape must be [1, …], got {item:?}")));
+    }
+    let keyed = KeyedNoise { source: noise, ids, item, device };
+    let x = x_init.unwrap_or_else(|| keyed.initial());
+    let mut expected = item;
+    expected[0] = ids.len();
+    if x.dims() != expected {
+        return Err(SampleError::Shape { what: "x_T", got: x.dims().to_vec(), expected: expected.to_vec() });
+    }
+    sample_with(diffusion, model, x, &keyed, method, options, guidance)
+}
+
+/// The sampling loop from `x` (x at the last level), with the noise of every step from `noise`:
+/// each level is one call of a [`crate::step`] function, whose noise is `noise.step(step_key(i,
+/// j))` — drawn only where the step needs it.
+pub fn sample_with<const D: usize>(
+    diffusion: &GaussianDiffusion,
+    model: &dyn Denoiser<D>,
+    x: Tensor<D>,
+    noise: &dyn LoopNoise<D>,
+    method: Method,
+    options: &SampleOptions,
+    guidance: Option<&dyn Guidance<D>>,
+) -> Result<SampleOutput<D>> {
+    let dims = x.dims();
+    let z = |key: u64| {
+        let n = noise.step(key);
+        if n.dims() == dims {
+            Ok(n)
+        } else {
+            Err(SampleError::Shape {
+                what: "the loop's noise",
+                got: n.dims().to_vec(),
+                expected: dims.to_vec(),
+            })
+        }
+    };
+    let mut x = x;
+    let step_options = StepOptions { clip_denoised: options.clip_denoised, guidance };
     let num_t = diffusion.num_timesteps();
-    let tb = diffusion.tables();
+    let ab = &diffusion.tables().alphas_cumprod;
     let mut out = SampleOutput { sample: x.clone(), trajectory: Vec::new(), pred_x0: Vec::new() };
     for (k, i) in (0..num_t).rev().enumerate() {
         let pred_x0 = match method {
             Method::Ddpm => {
-                let (nx, p) = ctx.ddpm(x, i, step_id(i, 0));
-                x = nx;
-                p
+                let m = model_output(diffusion, model, x.clone(), i)?;
+                let n = if i > 0 { Some(z(step_key(i, 0))?) } else { None };
+                let s = ancestral_step(diffusion, x, i, m, n, &step_options)?;
+                x = s.sample;
+                s.pred_x0
             }
             Method::Ddim { eta } => {
-                let (nx, p) = ctx.ddim(x, i, eta, step_id(i, 0));
-                x = nx;
-                p
+                let m = model_output(diffusion, model, x.clone(), i)?;
+                let noisy = i > 0 && ddim_sigma(diffusion, i, eta) > 0.0;
+                let n = if noisy { Some(z(step_key(i, 0))?) } else { None };
+                let s = ddim_step(diffusion, x, i, m, eta, n, &step_options)?;
+                x = s.sample;
+                s.pred_x0
             }
             Method::Langevin { steps_per_level, step_scale } => {
-                // NCSN runs on the variance-exploding variable y = x/√ᾱ_t = x_0 + σ_t n with
-                // σ_t² = (1 − ᾱ_t)/ᾱ_t, whose score is √ᾱ_t ∇_x log q_t(x); there the same y
-                // carries over from level to level.
-                let ab = tb.alphas_cumprod[i];
-                let ve = |a: f64| (1.0 - a) / a;
-                let alpha = step_scale * ve(ab) / ve(tb.alphas_cumprod[0]);
+                // NCSN runs on the variance-exploding variable y = x/√ᾱ_t, which carries over
+                // from level to level unchanged.
                 if i == num_t - 1 {
-                    x = x.div_scalar(ab.sqrt());
+                    x = x.div_scalar(ab[i].sqrt());
                 }
                 for j in 0..steps_per_level {
-                    let score_y = ctx.score(x.clone().mul_scalar(ab.sqrt()), i).mul_scalar(ab.sqrt());
-                    x = x + score_y.mul_scalar(alpha / 2.0) + ctx.z(step_id(i, j)).mul_scalar(alpha.sqrt());
+                    x = langevin_step(diffusion, model, x, i, step_scale, z(step_key(i, j))?, &step_options)?
+                        .sample;
                 }
-                let (_, p) = ctx.eps(x.clone().mul_scalar(ab.sqrt()), i, true);
+                let at_level = x.clone().mul_scalar(ab[i].sqrt());
+                let m = model_output(diffusion, model, at_level.clone(), i)?;
+                let p = predict(diffusion, at_level, i, m, &step_options)?.pred_x0;
                 if i == 0 {
                     // Finish with the denoised estimate (Tweedie), as NCSN++'s `denoise`.
                     x = p.clone();
@@ -278,27 +250,26 @@ pub fn sample_from<const D: usize>(
                 p
             }
             Method::PredictorCorrector { predictor, corrector_steps, snr } => {
-                let a = 1.0 - tb.betas[i];
-                for j in 0..corrector_steps {
-                    let g = ctx.score(x.clone(), i);
-                    let z = ctx.z(step_id(i, j + 1));
-                    // Per-sample step sizes keep each sample's path independent of the batch.
-                    let steps: Vec<f32> = norms(&g)
-                        .into_iter()
-                        .zip(norms(&z))
-                        .map(|(gn, zn)| {
-                            (2.0 * a * (snr * f64::from(zn) / f64::from(gn).max(1e-12)).powi(2)) as f32
-                        })
-                        .collect();
-                    let step: Tensor<D> = per_sample(steps, device);
-                    x = x + g * step.clone() + z * step.mul_scalar(2.0).sqrt();
-                }
-                let (nx, p) = match predictor {
-                    Predictor::Ddpm => ctx.ddpm(x, i, step_id(i, 0)),
-                    Predictor::Ddim { eta } => ctx.ddim(x, i, eta, step_id(i, 0)),
+                let needs = match predictor {
+                    Predictor::Ddpm => i > 0,
+                    Predictor::Ddim { eta } => i > 0 && ddim_sigma(diffusion, i, eta) > 0.0,
                 };
-                x = nx;
-                p
+                let pc_noise = PcNoise {
+                    corrector: (0..corrector_steps).map(|j| z(step_key(i, j + 1))).collect::<Result<_>>()?,
+                    predictor: if needs { Some(z(step_key(i, 0))?) } else { None },
+                };
+                let s = predictor_corrector_step(
+                    diffusion,
+                    model,
+                    x,
+                    i,
+                    predictor,
+                    snr,
+                    pc_noise,
+                    &step_options,
+                )?;
+                x = s.sample;
+                s.pred_x0
             }
         };
         if let Some(every) = options.record_every
@@ -309,16 +280,17 @@ pub fn sample_from<const D: usize>(
         }
     }
     out.sample = x;
-    out
+    Ok(out)
 }
 
-/// DDIM inversion (η = 0 run backwards, x_0 → x_{T−1}): for i = 0, 1, …, T−1,
-/// ε̂ = ε_θ(x, i), x̂_0 = (x − √(1 − ᾱ_{i−1}) ε̂)/√ᾱ_{i−1}, x ← √ᾱ_i x̂_0 + √(1 − ᾱ_i) ε̂
-/// (ᾱ_{−1} = 1), the exact inverse of the η = 0 sampler up to evaluating ε̂ one level early.
+/// DDIM inversion (η = 0 run backwards, x_0 → x_{T−1}): [`ddim_inversion_step`] for
+/// i = 0, 1, …, T−1 — ε̂ = ε_θ(x, i), x̂_0 = (x − √(1 − ᾱ_{i−1}) ε̂)/√ᾱ_{i−1},
+/// x ← √ᾱ_i x̂_0 + √(1 − ᾱ_i) ε̂ (ᾱ_{−1} = 1), the exact inverse of the η = 0 sampler up to
+/// evaluating ε̂ one level early.
 ///
-/// improved-diffusion's `ddim_reverse_sample` instead maps to ᾱ_{i+1} and ends at ᾱ = 0 (pure
-/// ε̂), one level past where sampling starts; ending at level T − 1 is what makes
-/// `sample_from(…, ddim_reverse_loop(x_0))` reproduce x_0.
+/// improved-diffusion's `ddim_reverse_sample` ([`crate::step::ddim_reverse_step`]) instead maps
+/// to ᾱ_{i+1} and ends at ᾱ = 0 (pure ε̂), one level past where sampling starts; ending at level
+/// T − 1 is what makes `sample_from(…, ddim_reverse_loop(x_0))` reproduce x_0.
 ///
 /// # Shapes
 /// `x0: [B, …]` → `[B, …]`.
@@ -326,22 +298,13 @@ pub fn ddim_reverse_loop<const D: usize>(
     diffusion: &GaussianDiffusion,
     model: &dyn Denoiser<D>,
     x0: Tensor<D>,
-) -> Tensor<D> {
-    let b = x0.dims()[0];
-    let device = x0.device();
-    let tb = diffusion.tables();
+) -> Result<Tensor<D>> {
     let mut x = x0;
     for i in 0..diffusion.num_timesteps() {
-        let t = Tensor::<1, Int>::full([b], i as i64, &device);
-        let out = model.denoise(x.clone(), diffusion.model_timesteps(t.clone()));
-        // ε̂ from the network output, whatever it parameterises (x̂_0 from the current x at level i).
-        let pmv = diffusion.p_mean_variance(out, x.clone(), t.clone(), false);
-        let eps = diffusion.predict_eps_from_x0(x.clone(), t, pmv.pred_x0);
-        let (ab, ab_prev) = (tb.alphas_cumprod[i], tb.alphas_cumprod_prev[i]);
-        let x0_hat = (x - eps.clone().mul_scalar((1.0 - ab_prev).sqrt())).div_scalar(ab_prev.sqrt());
-        x = x0_hat.mul_scalar(ab.sqrt()) + eps.mul_scalar((1.0 - ab).sqrt());
+        let m = model_output(diffusion, model, x.clone(), i)?;
+        x = ddim_inversion_step(diffusion, x, i, m)?.sample;
     }
-    x
+    Ok(x)
 }
 
 /// Spherical interpolation between latents, per sample: θ = ∠(a, b),

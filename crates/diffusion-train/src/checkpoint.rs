@@ -27,6 +27,8 @@ use diffusion_models::checkpoint::{
 };
 use serde::{Deserialize, Serialize};
 
+use diffusion_core::ProcessRecord;
+
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::trainer::{Net, SamplerState, Shared};
@@ -49,6 +51,24 @@ pub struct TrainingState {
     pub timestep_sampler: SamplerState,
     /// Which weights are the primary network (`ema_<rate>` or `online`).
     pub weights: String,
+}
+
+/// The `extra` fields a training run writes into its checkpoints' headers: diffusion-core's
+/// [`ProcessRecord`] (the process, which samplers read) and the training state `T` beside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunExtra<T> {
+    /// The process the network is trained for.
+    #[serde(flatten)]
+    pub process: ProcessRecord,
+    /// The run's state.
+    pub training: T,
+}
+
+impl<T: Serialize> RunExtra<T> {
+    /// The header value.
+    pub(crate) fn to_value(&self, path: &Path) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| ckpt_err(path, format!("cannot encode the header: {e}")))
+    }
 }
 
 /// A checkpoint read back for resuming.
@@ -109,16 +129,20 @@ pub(crate) fn load_parts(path: &Path) -> Result<(CheckpointHeader, [Vec<u8>; 3])
     Ok((header, parts))
 }
 
-/// `extra.training` of a checkpoint header, parsed.
+/// The training state of a checkpoint header, parsed.
 pub(crate) fn training_extra<T: serde::de::DeserializeOwned>(
     path: &Path,
     header: &CheckpointHeader,
 ) -> Result<T> {
-    let training = header.extra.get("training").ok_or_else(|| {
+    #[derive(Deserialize)]
+    struct Training<T> {
+        training: Option<T>,
+    }
+    let view: Training<T> =
+        header.extra_as(path).map_err(|e| ckpt_err(path, format!("unreadable training state: {e}")))?;
+    view.training.ok_or_else(|| {
         ckpt_err(path, "holds a network but no training state (not written by a training run)")
-    })?;
-    serde_json::from_value(training.clone())
-        .map_err(|e| ckpt_err(path, format!("unreadable training state: {e}")))
+    })
 }
 
 /// Reads and fully verifies a training checkpoint (checksum, header, the three records).
@@ -289,7 +313,9 @@ pub(crate) fn diffusion_writer(config: TrainConfig, device: Device, shared: Arc<
             None => "online".into(),
         };
         let state = TrainingState { step, epoch, config: config.clone(), timestep_sampler, weights };
-        let extra = serde_json::json!({ "diffusion": config.process, "training": state });
+        let extra =
+            RunExtra { process: ProcessRecord { diffusion: Some(config.process.clone()) }, training: state }
+                .to_value(path)?;
         match &net {
             Net::Unet(u) => save_checkpoint_with_sections(path, &config.model, u, extra, sections),
             Net::Mlp(m) => save_checkpoint_with_sections(path, &config.model, m, extra, sections),

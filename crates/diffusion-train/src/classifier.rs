@@ -14,14 +14,14 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::{InferenceStep, Interrupter, Learner, TrainOutput, TrainStep};
-use diffusion_core::ProcessSpec;
+use diffusion_core::{ProcessRecord, ProcessSpec};
 use diffusion_models::checkpoint::{ModelSpec, save_checkpoint_with_sections, write_atomic};
 use diffusion_models::{EncoderUNet, EncoderUNetConfig, UNetConfig};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    CheckpointStore, WriteFn, ckpt_err, latest_valid, list_checkpoints, load_parts, training_extra,
+    CheckpointStore, RunExtra, WriteFn, ckpt_err, latest_valid, list_checkpoints, load_parts, training_extra,
 };
 use crate::config::OptimConfig;
 use crate::data::{Data, DataSpec, load};
@@ -286,7 +286,9 @@ fn writer(cfg: ClassifierConfig, device: burn::tensor::Device) -> WriteFn {
         let record = ModuleRecord::from_bytes(trainer.clone()).map_err(|e| ckpt_err(path, e.to_string()))?;
         let net = net.load_record(record).net;
         let state = ClassifierState { step, epoch, config: cfg.clone() };
-        let extra = serde_json::json!({ "diffusion": cfg.process, "training": state });
+        let extra =
+            RunExtra { process: ProcessRecord { diffusion: Some(cfg.process.clone()) }, training: state }
+                .to_value(path)?;
         save_checkpoint_with_sections(path, &ModelSpec::Classifier(cfg.model.clone()), &net, extra, sections)
             .map_err(|e| ckpt_err(path, e.to_string()))
     })

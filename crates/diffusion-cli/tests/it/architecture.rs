@@ -49,7 +49,26 @@ fn libraries_enable_no_backend_and_respect_the_layers() {
                 );
             }
             if dep_name.starts_with("diffusion-") && normal {
+                // The workspace's leaves choose the kernels: a library takes its siblings
+                // without their default features.
+                assert_eq!(
+                    dep["uses_default_features"], false,
+                    "{name} must take {dep_name} without its default features"
+                );
                 assert!(allowed.contains(&dep_name), "{name} may not depend on {dep_name}");
+            }
+        }
+        // A library's own features may name a burn backend only through `cpu-kernels`, the
+        // documented exception (diffusion-models' fused CPU kernels need burn's `flex`).
+        for (feature, enables) in pkg["features"].as_object().unwrap() {
+            for e in enables.as_array().unwrap() {
+                let e = e.as_str().unwrap();
+                if let Some(f) = e.strip_prefix("burn/") {
+                    assert!(
+                        !BACKEND_FEATURES.contains(&f) || feature == "cpu-kernels",
+                        "{name}'s feature {feature:?} enables the burn backend {f:?}"
+                    );
+                }
             }
         }
     }

@@ -24,6 +24,45 @@ use burn::tensor::activation::softmax;
 
 use crate::blocks::AttentionOrder;
 
+/// The fused kernels of this layer, for [`kernel_runs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// [`norm_scale_shift_silu`].
+    NormScaleShiftSilu,
+    /// [`conv2d`] and the pointwise [`conv1d`].
+    Conv,
+    /// [`qkv_attention`].
+    Attention,
+    /// [`silu`].
+    Silu,
+    /// [`dropout`].
+    Dropout,
+    /// [`linear_add_silu`].
+    LinearAddSilu,
+    /// [`mlp`].
+    Mlp,
+}
+
+const KERNELS: usize = 7;
+
+thread_local! {
+    static RUNS: [std::cell::Cell<u64>; KERNELS] = const { [const { std::cell::Cell::new(0) }; KERNELS] };
+}
+
+/// How many times the calling thread has taken `kernel`'s fused path (rather than the composite
+/// ops) since it started: a diagnostic that tells a test, a benchmark or a user whether the fast
+/// path runs on their device. Counted on the thread that calls the op (the kernels' own worker
+/// threads do not count), so concurrent tests do not see each other's calls.
+pub fn kernel_runs(kernel: Kernel) -> u64 {
+    RUNS.with(|r| r[kernel as usize].get())
+}
+
+#[cfg(feature = "cpu-kernels")]
+fn ran<T>(kernel: Kernel, y: T) -> T {
+    RUNS.with(|r| r[kernel as usize].set(r[kernel as usize].get() + 1));
+    y
+}
+
 /// `SiLU(GroupNorm(x) · (1 + scale) + shift)`, or without the scale-shift (`None`), or without
 /// the SiLU (`apply_silu = false`).
 ///
@@ -37,7 +76,7 @@ pub fn norm_scale_shift_silu(
 ) -> Tensor<4> {
     #[cfg(feature = "cpu-kernels")]
     if let Some(y) = cpu::fused(norm, &x, scale_shift.as_ref(), apply_silu) {
-        return y;
+        return ran(Kernel::NormScaleShiftSilu, y);
     }
     norm_scale_shift_silu_composite(norm, x, scale_shift, apply_silu)
 }
@@ -78,7 +117,7 @@ pub fn norm_scale_shift_silu_composite(
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "cpu-kernels")]
     if let Some(y) = conv2d_kernel(conv, &x) {
-        return y;
+        return ran(Kernel::Conv, y);
     }
     conv.forward(x)
 }
@@ -137,7 +176,7 @@ pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
         if let Some(y) =
             cpu::conv::conv2d(&x4, &weight.reshape([co, ci, 1, 1]), bias.as_ref(), [1, 1], (0, 0, 0, 0))
         {
-            return y.reshape([b, co, l]);
+            return ran(Kernel::Conv, y.reshape([b, co, l]));
         }
     }
     conv.forward(x)
@@ -152,7 +191,7 @@ pub fn dropout<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
         && dropout.prob < 1.0
         && let Some(y) = cpu::act::dropout(&x, dropout.prob)
     {
-        return y;
+        return ran(Kernel::Dropout, y);
     }
     dropout.forward(x)
 }
@@ -166,7 +205,7 @@ pub fn linear_add_silu(linear: &Linear, h: Tensor<2>, a: Tensor<2>) -> Tensor<2>
     {
         let bias = linear.bias.as_ref().map(|b| b.val());
         if let Some(y) = cpu::linear::linear_add_silu(&h, &linear.weight.val(), bias.as_ref(), &a) {
-            return y;
+            return ran(Kernel::LinearAddSilu, y);
         }
     }
     silu(linear.forward(h) + a)
@@ -188,7 +227,7 @@ pub fn mlp(mlp: &crate::Mlp, x: Tensor<2>, timesteps: Tensor<1>) -> Tensor<2> {
         if layers.len() == mlp.hidden.len() + 3
             && let Some(y) = cpu::mlp::mlp(&x, &timesteps, mlp.time_dim, &layers)
         {
-            return y;
+            return ran(Kernel::Mlp, y);
         }
     }
     mlp_composite(mlp, x, timesteps)
@@ -209,7 +248,7 @@ pub fn mlp_composite(mlp: &crate::Mlp, x: Tensor<2>, timesteps: Tensor<1>) -> Te
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "cpu-kernels")]
     if let Some(y) = cpu::act::silu(&x) {
-        return y;
+        return ran(Kernel::Silu, y);
     }
     burn::tensor::activation::silu(x)
 }
@@ -222,7 +261,7 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn qkv_attention(qkv: Tensor<3>, num_heads: usize, order: AttentionOrder) -> Tensor<3> {
     #[cfg(feature = "cpu-kernels")]
     if let Some(a) = cpu::attention::qkv_attention(&qkv, num_heads, order) {
-        return a;
+        return ran(Kernel::Attention, a);
     }
     qkv_attention_composite(qkv, num_heads, order)
 }

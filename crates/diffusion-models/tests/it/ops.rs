@@ -4,11 +4,23 @@ use burn::nn::conv::{Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{DropoutConfig, GroupNormConfig, Initializer, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor};
 use diffusion_models::ops::{
-    conv_kernel_available, conv1d, conv2d, dropout, fused_norm_available, linear_add_silu, mlp,
-    mlp_composite, norm_scale_shift_silu, norm_scale_shift_silu_composite, qkv_attention,
-    qkv_attention_composite, silu,
+    Kernel, conv_kernel_available, conv1d, conv2d, dropout, fused_norm_available, kernel_runs,
+    linear_add_silu, mlp, mlp_composite, norm_scale_shift_silu, norm_scale_shift_silu_composite,
+    qkv_attention, qkv_attention_composite, silu,
 };
 use diffusion_models::{AttentionOrder, MlpConfig};
+
+/// Runs `f` and asserts that it took `kernel`'s fused path (not the composite fallback): an
+/// equality test of a kernel against the composite proves nothing if the kernel declined.
+fn through_kernel<T>(kernel: Kernel, f: impl FnOnce() -> T) -> T {
+    let before = kernel_runs(kernel);
+    let y = f();
+    assert!(
+        kernel_runs(kernel) > before,
+        "{kernel:?}: the fused kernel did not run (the composite path was taken)"
+    );
+    y
+}
 
 fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
@@ -35,7 +47,9 @@ fn fused_norm_scale_shift_silu_equals_the_composite() {
         for ss in [false, true] {
             for act in [false, true] {
                 let pair = ss.then(|| (scale.clone(), shift.clone()));
-                let fused = norm_scale_shift_silu(&norm, x.clone(), pair.clone(), act);
+                let fused = through_kernel(Kernel::NormScaleShiftSilu, || {
+                    norm_scale_shift_silu(&norm, x.clone(), pair.clone(), act)
+                });
                 let composite = norm_scale_shift_silu_composite(&norm, x.clone(), pair, act);
                 assert_eq!(fused.dims(), [b, c, h, w]);
                 let d = max_diff(fused, composite);
@@ -78,7 +92,9 @@ fn fused_backward_equals_the_composite() {
                     .reshape([b, c, h, w]);
                 let pair = ss.then(|| (scale.clone(), shift.clone()));
                 let y = if fused {
-                    norm_scale_shift_silu(&norm, x.clone(), pair, act)
+                    through_kernel(Kernel::NormScaleShiftSilu, || {
+                        norm_scale_shift_silu(&norm, x.clone(), pair, act)
+                    })
                 } else {
                     norm_scale_shift_silu_composite(&norm, x.clone(), pair, act)
                 };
@@ -183,7 +199,11 @@ fn conv2d_kernel_equals_burn_conv_with_every_gradient() {
                     .reshape([b, ci, h, w]);
                 let x = if grad { x.require_grad() } else { x };
                 assert_eq!(conv_kernel_available(&conv, &x), cfg!(feature = "cpu-kernels"));
-                let y = if ours { conv2d(&conv, x.clone()) } else { conv.forward(x.clone()) };
+                let y = if ours {
+                    through_kernel(Kernel::Conv, || conv2d(&conv, x.clone()))
+                } else {
+                    conv.forward(x.clone())
+                };
                 let mut out = vec![flat(Some(y.clone()))];
                 if grad {
                     let [_, _, oh, ow] = y.dims();
@@ -219,7 +239,11 @@ fn pointwise_conv1d_equals_burn_conv1d() {
         let x = Tensor::<1>::from_floats(wave(b * ci * l, 0.29).as_slice(), &device)
             .reshape([b, ci, l])
             .require_grad();
-        let y = if ours { conv1d(&conv, x.clone()) } else { conv.forward(x.clone()) };
+        let y = if ours {
+            through_kernel(Kernel::Conv, || conv1d(&conv, x.clone()))
+        } else {
+            conv.forward(x.clone())
+        };
         let weights =
             Tensor::<1>::from_floats(wave(b * co * l, 0.11).as_slice(), &device).reshape([b, co, l]);
         let grads = (y.clone() * weights).sum().backward();
@@ -254,7 +278,7 @@ fn fused_attention_equals_the_composite_in_both_head_orders() {
                         .reshape([b, w, len]);
                     let qkv = if grad { qkv.require_grad() } else { qkv };
                     let a = if ours {
-                        qkv_attention(qkv.clone(), heads, order)
+                        through_kernel(Kernel::Attention, || qkv_attention(qkv.clone(), heads, order))
                     } else {
                         qkv_attention_composite(qkv.clone(), heads, order)
                     };
@@ -290,7 +314,11 @@ fn silu_kernel_equals_burn_silu() {
                     .mul_scalar(150.0)
                     .reshape([n, 1]);
                 let x = if grad { x.require_grad() } else { x };
-                let y = if ours { silu(x.clone()) } else { burn::tensor::activation::silu(x.clone()) };
+                let y = if ours {
+                    through_kernel(Kernel::Silu, || silu(x.clone()))
+                } else {
+                    burn::tensor::activation::silu(x.clone())
+                };
                 let mut out = vec![flat(Some(y.clone()))];
                 if grad {
                     let w = Tensor::<1>::from_floats(wave(n, 0.11).as_slice(), &device).reshape([n, 1]);
@@ -321,7 +349,7 @@ fn dropout_kernel_follows_the_definition() {
     let run = |seed: u64| {
         device.seed(seed);
         let x = Tensor::<1>::from_floats(vals.as_slice(), &device).require_grad();
-        let y = dropout(&module, x.clone());
+        let y = through_kernel(Kernel::Dropout, || dropout(&module, x.clone()));
         let w = Tensor::<1>::from_floats(wave(n, 0.11).as_slice(), &device);
         let grads = (y.clone() * w).sum().backward();
         (flat(Some(y)), flat(x.grad(&grads)))
@@ -377,7 +405,7 @@ fn linear_add_silu_equals_the_composite() {
                         .reshape([rows, d_out]);
                     let (h, a) = if grad { (h.require_grad(), a.require_grad()) } else { (h, a) };
                     let y = if ours {
-                        linear_add_silu(&lin, h.clone(), a.clone())
+                        through_kernel(Kernel::LinearAddSilu, || linear_add_silu(&lin, h.clone(), a.clone()))
                     } else {
                         burn::tensor::activation::silu(lin.forward(h.clone()) + a.clone())
                     };
@@ -434,7 +462,11 @@ fn mlp_op_equals_the_layer_by_layer_mlp() {
                     .reshape([batch, data]);
                 let x = if grad { x.require_grad() } else { x };
                 let ts = Tensor::<1>::from_floats(t.as_slice(), &device);
-                let y = if ours { mlp(&net, x.clone(), ts) } else { mlp_composite(&net, x.clone(), ts) };
+                let y = if ours {
+                    through_kernel(Kernel::Mlp, || mlp(&net, x.clone(), ts))
+                } else {
+                    mlp_composite(&net, x.clone(), ts)
+                };
                 let mut res = vec![("output".to_string(), flat(Some(y.clone())))];
                 if grad {
                     let wt = Tensor::<1>::from_floats(wave(batch * out, 0.13).as_slice(), &device)

@@ -172,21 +172,22 @@ fn ancestral_and_ddim_sample_the_gaussian() {
     let noise = NoiseSource::new(1);
     // Every linear sampler matches its exact output distribution (closed-form propagation)...
     let fast = base.respace_spec("100").unwrap();
-    let out = sample(&fast, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev);
+    let out = sample(&fast, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).unwrap();
     assert_exact_moments("DDPM fixed-small, 100 respaced steps", &fast, Method::Ddpm, out.sample);
     let large = fast
         .clone()
         .with_config(DiffusionConfig { variance: ModelVariance::FixedLarge, ..Default::default() });
-    let out = sample(&large, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev);
+    let out = sample(&large, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).unwrap();
     assert_exact_moments("DDPM fixed-large", &large, Method::Ddpm, out.sample);
     let ddim = base.respace_spec("ddim50").unwrap();
     for eta in [0.0, 0.5, 1.0] {
-        let out = sample(&ddim, &model, &ids(), [1, 2], &noise, Method::Ddim { eta }, &opts(), None, &dev);
+        let out =
+            sample(&ddim, &model, &ids(), [1, 2], &noise, Method::Ddim { eta }, &opts(), None, &dev).unwrap();
         assert_exact_moments(&format!("DDIM eta = {eta}"), &ddim, Method::Ddim { eta }, out.sample);
     }
     // ...and with the full chain the data distribution itself (fixed-small under-disperses by the
     // neglected Var[x_0 | x_t] term only at coarse spacings).
-    let out = sample(&base, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev);
+    let out = sample(&base, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).unwrap();
     assert_data_moments("DDPM, 1000 steps", out.sample, 0.06);
     let (_, es) = exact_moments(&base, Method::Ddpm);
     assert!((es[0] / S[0] - 1.0).abs() < 0.02, "the exact 1000-step chain is within 2% of the data: {es:?}");
@@ -204,12 +205,12 @@ fn langevin_and_predictor_corrector_sample_the_gaussian() {
     let dim = 64;
     let few: Vec<u64> = (0..200).collect();
     let method = Method::PredictorCorrector { predictor: Predictor::Ddpm, corrector_steps: 2, snr: 0.16 };
-    let out = sample(&coarse, &model, &few, [1, dim], &noise, method, &opts(), None, &dev);
+    let out = sample(&coarse, &model, &few, [1, dim], &noise, method, &opts(), None, &dev).unwrap();
     assert_data_moments("PC (DDPM + Langevin)", out.sample, 0.1);
     // NCSN's ε as a tenth of the smallest variance-exploding σ² (step/σ² = 0.1 at every level).
     let ab0 = coarse.tables().alphas_cumprod[0];
     let method = Method::Langevin { steps_per_level: 30, step_scale: 0.1 * (1.0 - ab0) / ab0 };
-    let out = sample(&coarse, &model, &few, [1, dim], &noise, method, &opts(), None, &dev);
+    let out = sample(&coarse, &model, &few, [1, dim], &noise, method, &opts(), None, &dev).unwrap();
     // Annealed Langevin is linear for Gaussian data too: its exact output (here 23% too wide,
     // the method's known bias at 20 levels x 30 steps)...
     assert_exact_moments("annealed Langevin, 20 levels", &coarse, method, out.sample);
@@ -219,7 +220,7 @@ fn langevin_and_predictor_corrector_sample_the_gaussian() {
     let method = Method::Langevin { steps_per_level: 20, step_scale: 0.2 * (1.0 - ab0) / ab0 };
     let (_, es) = exact_moments(&fine, method);
     assert!((es[0] / S[0] - 1.0).abs() < 0.07, "100 levels: exact std {es:?}");
-    let out = sample(&fine, &model, &few, [1, dim], &noise, method, &opts(), None, &dev);
+    let out = sample(&fine, &model, &few, [1, dim], &noise, method, &opts(), None, &dev).unwrap();
     assert_data_moments("annealed Langevin, 100 levels", out.sample, 0.1);
 }
 
@@ -240,7 +241,8 @@ fn ddim_is_deterministic_and_its_inversion_round_trips() {
         &opts(),
         None,
         &dev,
-    );
+    )
+    .unwrap();
     let b = sample(
         &ddim,
         &model,
@@ -251,11 +253,12 @@ fn ddim_is_deterministic_and_its_inversion_round_trips() {
         &opts(),
         None,
         &dev,
-    );
+    )
+    .unwrap();
     assert_eq!(values(a.sample.clone()), values(b.sample));
     // x_0 -> x_T -> x_0.
     let x0 = a.sample;
-    let x_t = ddim_reverse_loop(&ddim, &model, x0.clone());
+    let x_t = ddim_reverse_loop(&ddim, &model, x0.clone()).unwrap();
     let back = sample_from(
         &ddim,
         &model,
@@ -267,7 +270,8 @@ fn ddim_is_deterministic_and_its_inversion_round_trips() {
         None,
         Some(x_t.clone()),
         &dev,
-    );
+    )
+    .unwrap();
     let err = values(back.sample).iter().zip(values(x0)).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
     assert!(err < 2e-2, "round trip error {err}");
     // The inverted latents look like standard normal noise.
@@ -282,14 +286,20 @@ fn noise_depends_on_seed_id_and_step_only() {
     let model = perfect(&base);
     let noise = NoiseSource::new(11);
     let all: Vec<u64> = (0..8).collect();
-    let whole = values(sample(&base, &model, &all, [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).sample);
-    let first =
-        values(sample(&base, &model, &all[..3], [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).sample);
-    let rest =
-        values(sample(&base, &model, &all[3..], [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).sample);
+    let whole = values(
+        sample(&base, &model, &all, [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).unwrap().sample,
+    );
+    let first = values(
+        sample(&base, &model, &all[..3], [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).unwrap().sample,
+    );
+    let rest = values(
+        sample(&base, &model, &all[3..], [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).unwrap().sample,
+    );
     assert_eq!(whole, [first, rest].concat(), "batching must not change any sample");
     let other = values(
-        sample(&base, &model, &all, [1, 2], &NoiseSource::new(12), Method::Ddpm, &opts(), None, &dev).sample,
+        sample(&base, &model, &all, [1, 2], &NoiseSource::new(12), Method::Ddpm, &opts(), None, &dev)
+            .unwrap()
+            .sample,
     );
     assert_ne!(whole, other);
 }
@@ -314,9 +324,11 @@ fn guidance_moves_samples_toward_the_class() {
         ((m[0] - f64::from(target[0])).powi(2) + (m[1] - f64::from(target[1])).powi(2)).sqrt()
     };
     for method in [Method::Ddpm, Method::Ddim { eta: 0.0 }] {
-        let plain = dist(sample(&fast, &model, &ids, [1, 2], &noise, method, &opts(), None, &dev).sample);
-        let guided =
-            dist(sample(&fast, &model, &ids, [1, 2], &noise, method, &opts(), Some(&grad), &dev).sample);
+        let plain =
+            dist(sample(&fast, &model, &ids, [1, 2], &noise, method, &opts(), None, &dev).unwrap().sample);
+        let guided = dist(
+            sample(&fast, &model, &ids, [1, 2], &noise, method, &opts(), Some(&grad), &dev).unwrap().sample,
+        );
         assert!(guided < plain - 0.2, "{method:?}: distance to the class {guided} (guided) vs {plain}");
     }
 }
@@ -507,3 +519,4 @@ mod likelihood {
         assert!(exact.ci95 >= 0.0 && exact.mean > 0.0);
     }
 }
+mod reference;
