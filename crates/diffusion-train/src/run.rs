@@ -75,6 +75,10 @@ pub struct RunOptions {
     pub progress: ProgressStyle,
     /// Called after every checkpoint (sample grids, plots).
     pub on_checkpoint: Option<CheckpointHook>,
+    /// A dataset built in code (your own points or images) instead of the one `config.data`
+    /// names; `config.data` then only labels it in logs and checkpoints. The run is a function
+    /// of this data and the seed like any other (resume needs the same data again).
+    pub data: Option<Arc<Data>>,
     /// Stop (as if killed, without a checkpoint) once this many steps are done. For tests of
     /// resume.
     pub stop_after_steps: Option<u64>,
@@ -151,9 +155,14 @@ fn check_data(cfg: &TrainConfig, data: &Data) -> Result<()> {
 /// Loads the run's data and splits off the held-out examples (the last `valid_size`).
 pub fn load_split(cfg: &TrainConfig) -> Result<(Examples, Examples)> {
     let spec: DataSpec = cfg.data.parse()?;
-    let data = load(&spec, cfg.image_size, cfg.seed)?;
+    split(cfg, Arc::new(load(&spec, cfg.image_size, cfg.seed)?))
+}
+
+/// Checks `data` against the config and splits off the held-out examples (the last
+/// `valid_size`).
+pub fn split(cfg: &TrainConfig, data: Arc<Data>) -> Result<(Examples, Examples)> {
     check_data(cfg, &data)?;
-    let n = match &data {
+    let n = match data.as_ref() {
         Data::Points(p) => p.len(),
         Data::Images(s) => s.len(),
     };
@@ -161,7 +170,6 @@ pub fn load_split(cfg: &TrainConfig) -> Result<(Examples, Examples)> {
     if n - valid == 0 {
         return Err(TrainError::Config(format!("data {:?} has no examples to train on", cfg.data)));
     }
-    let data = Arc::new(data);
     Ok((Examples::new(data.clone(), (0..n - valid).collect()), Examples::new(data, (n - valid..n).collect())))
 }
 
@@ -237,7 +245,10 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         });
     }
 
-    let (train_set, valid_set) = load_split(&cfg)?;
+    let (train_set, valid_set) = match &opts.data {
+        Some(data) => split(&cfg, data.clone())?,
+        None => load_split(&cfg)?,
+    };
     let diffusion = cfg.process.build().map_err(|e| TrainError::Config(format!("process: {e}")))?;
     let num_timesteps = diffusion.num_timesteps();
     let sampler = match &resume {
