@@ -74,8 +74,38 @@ fn ci() -> Result<(), String> {
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"], &[])?;
     cargo(&["test", "--workspace", "--locked"], &[])?;
     cargo(&["doc", "--workspace", "--no-deps", "--locked"], &[("RUSTDOCFLAGS", "-D warnings")])?;
+    // Each library crate's example uses only its public API and the crates below it.
+    for (package, example) in EXAMPLES {
+        cargo(&["run", "--quiet", "--locked", "-p", package, "--example", example], &[])?;
+    }
+    // The four library crates as they would be published (dependency order; each packaged crate
+    // is built on its own, against the others as packaged).
+    cargo(
+        &[
+            "package",
+            "--locked",
+            "--allow-dirty",
+            "-p",
+            "diffusion-core",
+            "-p",
+            "diffusion-models",
+            "-p",
+            "diffusion-train",
+            "-p",
+            "diffusion-sample",
+        ],
+        &[],
+    )?;
     Ok(())
 }
+
+/// The library crates' example programs, run by `cargo xtask ci`.
+const EXAMPLES: [(&str, &str); 4] = [
+    ("diffusion-core", "gaussian_closed_form"),
+    ("diffusion-models", "networks"),
+    ("diffusion-train", "custom_dataset"),
+    ("diffusion-sample", "custom_loop"),
+];
 
 /// Type-checks the GPU builds. CUDA's LLVM download is skipped with `DOCS_RS=1` (check only;
 /// linking it needs the download, i.e. internet access).

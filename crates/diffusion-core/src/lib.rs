@@ -80,3 +80,8 @@ pub use schedule::{
 };
 pub use tables::DiffusionTables;
 pub use timestep_sampler::{LossSecondMomentSampler, TimestepBatch, TimestepSampler, UniformSampler};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -40,3 +40,8 @@ pub use embedding::timestep_embedding;
 pub use error::{ModelError, Result};
 pub use mlp::{Mlp, MlpConfig};
 pub use unet::{UNet, UNetConfig};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -55,3 +55,8 @@ pub use sampler::{
     sample_with, slerp,
 };
 pub use step::{Denoiser, Guidance, Predictor, StepOptions, Timesteps};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -37,3 +37,8 @@ pub use config::{OptimConfig, SampleConfig, TimestepSamplerKind, TrainConfig};
 pub use error::{Result, TrainError};
 pub use run::{ProgressStyle, Resume, RunOptions, RunSummary, TrainedNets, train};
 pub use trainer::{DiffusionTrainer, Net, SamplerState};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
