@@ -90,7 +90,7 @@ impl Ctx {
     }
 
     fn y(&self, n: usize) -> Result<Option<Tensor<1, Int>>> {
-        Ok(fixed_labels(&self.unet, n, self.class, &self.device).context("--class")?)
+        fixed_labels(&self.unet, n, self.class, &self.device).context("--class")
     }
 
     fn decode(&self, x_t: Tensor<4>) -> Result<Tensor<4>> {

@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Tensor::<1, Int>::random([n], Distribution::Uniform(0.0, 1000.0), &device);
     let noise = Tensor::<2>::random([n, 2], Distribution::Normal(0.0, 1.0), &device);
     let loss_of = |model: &dyn Fn(Tensor<2>, Tensor<1>) -> Tensor<2>| -> f32 {
-        let l = full.training_losses(x0.clone(), t.clone(), noise.clone(), |x, t| model(x, t));
+        let l = full.training_losses(x0.clone(), t.clone(), noise.clone(), model);
         l.loss.mean().into_scalar()
     };
     let oracle_loss = loss_of(&|x, t| oracle(x, full.model_timesteps(t.int())));

@@ -40,6 +40,8 @@ use crate::step::Denoiser;
 
 /// A denoising network as a checkpoint holds it.
 #[derive(Debug)]
+// One value per opened checkpoint: boxing the UNet would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum DenoiserNetwork {
     /// An image UNet (`[B, C, H, W]`).
     Unet(UNet),

@@ -640,6 +640,7 @@ pub fn corrector_step<const D: usize>(
 
 /// One predictor-corrector step x_t → x_{t−1}: `noise.corrector.len()` [`corrector_step`]s at
 /// level t, then the predictor ([`ancestral_step`] or [`ddim_step`]) from the corrected x.
+#[allow(clippy::too_many_arguments)]
 pub fn predictor_corrector_step<const D: usize>(
     d: &GaussianDiffusion,
     model: &dyn Denoiser<D>,
