@@ -258,13 +258,35 @@ impl At {
         per_sample(self.idx.iter().map(|&i| f(i)).collect(), &self.device)
     }
 
+    /// `x · f(t)` per sample: a scalar multiply when the whole batch is at one index (the
+    /// loops' case), a broadcast one otherwise.
+    pub(crate) fn mul<const D: usize>(&self, x: Tensor<D>, f: impl Fn(usize) -> f32) -> Tensor<D> {
+        match self.uniform() {
+            Some(i) => x.mul_scalar(f(i)),
+            None => x * self.coef::<D>(f),
+        }
+    }
+
+    /// `x / f(t)` per sample, like [`Self::mul`].
+    pub(crate) fn div<const D: usize>(&self, x: Tensor<D>, f: impl Fn(usize) -> f32) -> Tensor<D> {
+        match self.uniform() {
+            Some(i) => x.div_scalar(f(i)),
+            None => x / self.coef::<D>(f),
+        }
+    }
+
+    fn uniform(&self) -> Option<usize> {
+        let first = *self.idx.first()?;
+        self.idx.iter().all(|&i| i == first).then_some(first)
+    }
+
     /// Adds `scale · noise` to `mean` for the samples where `scale_is_zero(i)` is false
     /// (the reference's `nonzero_mask`); needs the noise only if such a sample exists.
     fn add_noise<const D: usize>(
         &self,
         step: &'static str,
         mean: Tensor<D>,
-        scale: Tensor<D>,
+        scale: impl FnOnce(Tensor<D>) -> Tensor<D>,
         noise: Option<Tensor<D>>,
         zero: impl Fn(usize) -> bool,
     ) -> Result<Tensor<D>> {
@@ -274,7 +296,7 @@ impl At {
         }
         let noise = noise.ok_or(SampleError::MissingNoise { step })?;
         same_shape("the noise", &noise, mean.dims())?;
-        let shifted = scale * noise;
+        let shifted = scale(noise);
         if keep.iter().all(|&k| k) {
             Ok(mean + shifted)
         } else {
@@ -376,7 +398,7 @@ pub fn condition_score<const D: usize>(
     same_shape("the guidance gradient", &grad, x.dims())?;
     let ab = &d.tables().alphas_cumprod;
     let eps = d.predict_eps_from_x0(x.clone(), at.t.clone(), p.pred_x0.clone())
-        - grad * at.coef::<D>(|i| (1.0 - ab[i] as f32).sqrt());
+        - at.mul(grad, |i| (1.0 - ab[i] as f32).sqrt());
     let pred_x0 = d.predict_x0_from_eps(x.clone(), at.t.clone(), eps);
     let mean = d.q_posterior_mean_variance(pred_x0.clone(), x, at.t).mean;
     Ok(PMeanVariance { mean, variance: p.variance.clone(), log_variance: p.log_variance.clone(), pred_x0 })
@@ -431,7 +453,7 @@ pub fn ancestral_step<const D: usize>(
         None => p.mean,
     };
     let std = p.log_variance.clone().mul_scalar(0.5).exp();
-    let sample = at.add_noise("ancestral_step", mean.clone(), std, noise, |i| i == 0)?;
+    let sample = at.add_noise("ancestral_step", mean.clone(), |z| std * z, noise, |i| i == 0)?;
     Ok(AncestralStep { sample, pred_x0: p.pred_x0, mean, variance: p.variance, log_variance: p.log_variance })
 }
 
@@ -475,10 +497,10 @@ pub fn ddim_step<const D: usize>(
     let pred = predict_at(d, x, &at, model_output, options)?;
     let abp = &d.tables().alphas_cumprod_prev;
     let sigma = |i: usize| ddim_sigma_f32(d, i, eta);
-    let mean = pred.pred_x0.clone() * at.coef::<D>(|i| (abp[i] as f32).sqrt())
-        + pred.eps.clone() * at.coef::<D>(|i| (1.0 - abp[i] as f32 - sigma(i).powi(2)).max(0.0).sqrt());
+    let mean = at.mul(pred.pred_x0.clone(), |i| (abp[i] as f32).sqrt())
+        + at.mul(pred.eps.clone(), |i| (1.0 - abp[i] as f32 - sigma(i).powi(2)).max(0.0).sqrt());
     let sample =
-        at.add_noise("ddim_step", mean, at.coef::<D>(sigma), noise, |i| i == 0 || sigma(i) == 0.0)?;
+        at.add_noise("ddim_step", mean, |z| at.mul(z, sigma), noise, |i| i == 0 || sigma(i) == 0.0)?;
     Ok(DdimStep { sample, pred_x0: pred.pred_x0, eps: pred.eps })
 }
 
@@ -496,8 +518,8 @@ pub fn ddim_reverse_step<const D: usize>(
     let options = StepOptions { clip_denoised, guidance: None };
     let pred = predict_at(d, x, &at, model_output, &options)?;
     let abn = &d.tables().alphas_cumprod_next;
-    let sample = pred.pred_x0.clone() * at.coef::<D>(|i| (abn[i] as f32).sqrt())
-        + pred.eps.clone() * at.coef::<D>(|i| (1.0 - abn[i] as f32).sqrt());
+    let sample = at.mul(pred.pred_x0.clone(), |i| (abn[i] as f32).sqrt())
+        + at.mul(pred.eps.clone(), |i| (1.0 - abn[i] as f32).sqrt());
     Ok(DdimStep { sample, pred_x0: pred.pred_x0, eps: pred.eps })
 }
 
@@ -517,10 +539,10 @@ pub fn ddim_inversion_step<const D: usize>(
     let pred = predict_at(d, x.clone(), &at, model_output, &options)?;
     let tb = d.tables();
     let (ab, abp) = (&tb.alphas_cumprod, &tb.alphas_cumprod_prev);
-    let x0_hat = (x - pred.eps.clone() * at.coef::<D>(|i| (1.0 - abp[i] as f32).sqrt()))
-        / at.coef::<D>(|i| (abp[i] as f32).sqrt());
-    let sample = x0_hat.clone() * at.coef::<D>(|i| (ab[i] as f32).sqrt())
-        + pred.eps.clone() * at.coef::<D>(|i| (1.0 - ab[i] as f32).sqrt());
+    let x0_hat =
+        at.div(x - at.mul(pred.eps.clone(), |i| (1.0 - abp[i] as f32).sqrt()), |i| (abp[i] as f32).sqrt());
+    let sample = at.mul(x0_hat.clone(), |i| (ab[i] as f32).sqrt())
+        + at.mul(pred.eps.clone(), |i| (1.0 - ab[i] as f32).sqrt());
     Ok(DdimStep { sample, pred_x0: x0_hat, eps: pred.eps })
 }
 
@@ -549,7 +571,7 @@ fn score_at<const D: usize>(
     let unguided = StepOptions { clip_denoised: options.clip_denoised, guidance: None };
     let pred = predict_at(d, x.clone(), at, out, &unguided)?;
     let ab = &d.tables().alphas_cumprod;
-    let s = pred.eps / at.coef::<D>(|i| -(1.0 - ab[i] as f32).sqrt());
+    let s = at.div(pred.eps, |i| -(1.0 - ab[i] as f32).sqrt());
     Ok(match options.guidance {
         Some(g) => {
             let dims = x.dims();
