@@ -10,7 +10,9 @@ use clap::{Args, Subcommand};
 use diffusion_core::SeedStream;
 use diffusion_sample::NoiseSource;
 use diffusion_sample::checkpoint::DenoiserNetwork;
-use diffusion_sample::likelihood::{BoundEstimate, continuous_bound, full_bound, stratified_bound};
+use diffusion_sample::likelihood::{
+    BoundEstimate, TermTotals, continuous_bound, full_bound, stratified_bound,
+};
 use diffusion_train::data::{DataSpec, ImageSet, cifar, folder, mnist, shapes};
 
 use crate::plot::{Panel, Series, line_panels};
@@ -52,15 +54,6 @@ pub struct NllArgs {
     pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub process: ProcessArgs,
-}
-
-/// Per-timestep sums over the evaluated images.
-struct TermSums {
-    vb: Vec<f64>,
-    x0_mse: Vec<f64>,
-    eps_mse: Vec<f64>,
-    prior: f64,
-    decoder: f64,
 }
 
 fn held_out(spec: &DataSpec, size: usize, seed: u64) -> Result<ImageSet> {
@@ -121,7 +114,7 @@ pub fn run(cmd: &EvalCommand, device: &Device, out: &mut dyn Write) -> Result<()
     let noise = NoiseSource::new(args.seed);
     let (s, c) = (data.size, data.channels);
     let mut per_image = Vec::new();
-    let mut sums: Option<TermSums> = None;
+    let mut sums = TermTotals::default();
     for chunk in (0..n).collect::<Vec<_>>().chunks(args.batch_size.max(1)) {
         let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
         let pix: Vec<f32> = chunk.iter().flat_map(|&i| data.image_f32(i, false)).collect();
@@ -135,32 +128,11 @@ pub fn run(cmd: &EvalCommand, device: &Device, out: &mut dyn Write) -> Result<()
             let e = stratified_bound(&d, &model, x0, &ids, &noise, args.strata, args.seed, true);
             per_image.extend(e.per_image);
         } else {
-            let r = full_bound(&d, &model, x0, &ids, &noise, true);
-            let vals = |t: Tensor<2>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-            let num_t = d.num_timesteps();
-            let (vb, x0m, em) = (vals(r.vb.clone()), vals(r.x0_mse.clone()), vals(r.eps_mse.clone()));
-            let tot = r.total_bpd.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-            let prior = r.prior_bpd.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-            let entry = sums.get_or_insert_with(|| TermSums {
-                vb: vec![0.0; num_t],
-                x0_mse: vec![0.0; num_t],
-                eps_mse: vec![0.0; num_t],
-                prior: 0.0,
-                decoder: 0.0,
-            });
-            for row in 0..chunk.len() {
-                for t in 0..num_t {
-                    entry.vb[t] += f64::from(vb[row * num_t + t]);
-                    entry.x0_mse[t] += f64::from(x0m[row * num_t + t]);
-                    entry.eps_mse[t] += f64::from(em[row * num_t + t]);
-                }
-                entry.prior += f64::from(prior[row]);
-                entry.decoder += f64::from(vb[row * num_t]);
-                per_image.push(f64::from(tot[row]));
-            }
+            sums.add(full_bound(&d, &model, x0, &ids, &noise, true));
         }
-        eprintln!("evaluated {}/{n} images", per_image.len());
+        eprintln!("evaluated {}/{n} images", per_image.len() + sums.images);
     }
+    per_image.extend(sums.per_image.iter().copied());
     let est = BoundEstimate::from_values(per_image);
     let how = if args.strata > 0 {
         format!("stratified estimate, {} timesteps per image", args.strata)
@@ -174,31 +146,24 @@ pub fn run(cmd: &EvalCommand, device: &Device, out: &mut dyn Write) -> Result<()
         est.ci95,
         d.num_timesteps()
     )?;
-    if let Some(TermSums { vb, x0_mse: x0m, eps_mse: em, prior, decoder: dec }) = sums {
-        let nf = n as f64;
-        writeln!(out, "  prior L_T: {:.6} bits/dim", prior / nf)?;
-        writeln!(out, "  decoder L_0: {:.6} bits/dim", dec / nf)?;
-        writeln!(out, "  sum of L_t (t >= 1): {:.6} bits/dim", vb.iter().skip(1).sum::<f64>() / nf)?;
+    if sums.images > 0 {
+        let (vb, x0m, em) = (sums.mean_vb(), sums.mean_x0_mse(), sums.mean_eps_mse());
+        writeln!(out, "  prior L_T: {:.6} bits/dim", sums.mean_prior())?;
+        writeln!(out, "  decoder L_0: {:.6} bits/dim", sums.mean_decoder())?;
+        writeln!(out, "  sum of L_t (t >= 1): {:.6} bits/dim", sums.mean_sum_of_terms())?;
         if let Some(path) = &args.csv {
             let mut f =
                 std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
             writeln!(f, "t,timestep,vb_bpd,x0_mse,eps_mse")?;
             for t in 0..vb.len() {
-                writeln!(
-                    f,
-                    "{t},{},{:?},{:?},{:?}",
-                    d.timestep_map()[t],
-                    vb[t] / nf,
-                    x0m[t] / nf,
-                    em[t] / nf
-                )?;
+                writeln!(f, "{t},{},{:?},{:?},{:?}", d.timestep_map()[t], vb[t], x0m[t], em[t])?;
             }
         }
         if let Some(path) = &args.plot {
             let pts: Vec<(f64, f64)> = vb
                 .iter()
                 .enumerate()
-                .map(|(t, v)| (d.timestep_map()[t] as f64, (v / nf).max(1e-12).log10()))
+                .map(|(t, v)| (d.timestep_map()[t] as f64, v.max(1e-12).log10()))
                 .collect();
             line_panels(
                 path,

@@ -173,3 +173,81 @@ pub fn continuous_bound<const D: usize>(
     }
     total
 }
+
+/// The full bound's terms summed over images, batch after batch ([`full_bound`]'s outputs), for
+/// per-timestep reports: means per t of L_t, the x̂_0 and ε MSEs, the prior and decoder terms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TermTotals {
+    /// Images added.
+    pub images: usize,
+    /// Σ over images of L_t (bits/dim), per t (t = 0: the decoder term).
+    pub vb: Vec<f64>,
+    /// Σ over images of the x̂_0 MSE, per t.
+    pub x0_mse: Vec<f64>,
+    /// Σ over images of the ε MSE, per t.
+    pub eps_mse: Vec<f64>,
+    /// Σ over images of the prior term L_T.
+    pub prior: f64,
+    /// Total bits/dim of each image, in order.
+    pub per_image: Vec<f64>,
+}
+
+impl TermTotals {
+    /// Adds one batch's bound (read back to the host once).
+    pub fn add(&mut self, r: BpdBreakdown) {
+        let vals = |t: Tensor<2>| t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
+        let [b, num_t] = r.vb.dims();
+        let (vb, x0m, em) = (vals(r.vb), vals(r.x0_mse), vals(r.eps_mse));
+        let tot = r.total_bpd.into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
+        let prior = r.prior_bpd.into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
+        if self.vb.len() != num_t {
+            self.vb = vec![0.0; num_t];
+            self.x0_mse = vec![0.0; num_t];
+            self.eps_mse = vec![0.0; num_t];
+        }
+        for row in 0..b {
+            for t in 0..num_t {
+                self.vb[t] += vb[row * num_t + t];
+                self.x0_mse[t] += x0m[row * num_t + t];
+                self.eps_mse[t] += em[row * num_t + t];
+            }
+            self.prior += prior[row];
+            self.per_image.push(tot[row]);
+        }
+        self.images += b;
+    }
+
+    fn mean(&self, v: f64) -> f64 {
+        v / self.images.max(1) as f64
+    }
+
+    /// Mean L_t per t (bits/dim).
+    pub fn mean_vb(&self) -> Vec<f64> {
+        self.vb.iter().map(|&v| self.mean(v)).collect()
+    }
+
+    /// Mean x̂_0 MSE per t.
+    pub fn mean_x0_mse(&self) -> Vec<f64> {
+        self.x0_mse.iter().map(|&v| self.mean(v)).collect()
+    }
+
+    /// Mean ε MSE per t.
+    pub fn mean_eps_mse(&self) -> Vec<f64> {
+        self.eps_mse.iter().map(|&v| self.mean(v)).collect()
+    }
+
+    /// Mean prior term L_T (bits/dim).
+    pub fn mean_prior(&self) -> f64 {
+        self.mean(self.prior)
+    }
+
+    /// Mean decoder term L_0 (bits/dim).
+    pub fn mean_decoder(&self) -> f64 {
+        self.mean(self.vb.first().copied().unwrap_or(0.0))
+    }
+
+    /// Mean Σ_{t ≥ 1} L_t (bits/dim).
+    pub fn mean_sum_of_terms(&self) -> f64 {
+        self.mean(self.vb.iter().skip(1).sum())
+    }
+}
