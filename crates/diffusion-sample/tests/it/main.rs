@@ -519,4 +519,5 @@ mod likelihood {
         assert!(exact.ci95 >= 0.0 && exact.mean > 0.0);
     }
 }
+mod checkpoint;
 mod reference;
