@@ -14,6 +14,7 @@ const S: [f32; 2] = [0.3, 0.2];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::flex();
+    device.seed(2021); // every random draw below is reproducible
     let config =
         DiffusionConfig { variance: ModelVariance::FixedSmall, loss: LossKind::Mse, ..Default::default() };
     let full = GaussianDiffusion::from_schedule(&BetaSchedule::Cosine { num_timesteps: 1000 }, config)?;
