@@ -211,6 +211,9 @@ impl GaussianDiffusion {
     /// A process from β (each in (0, 1], at least 2 of them).
     pub fn new(betas: Vec<f64>, config: DiffusionConfig) -> Result<Self> {
         let tables = DiffusionTables::new(betas)?;
+        if tables.alphas_cumprod.last().is_some_and(|&a| a <= 0.0) {
+            return Err(Error::ZeroTerminalSnr);
+        }
         let n = tables.num_timesteps();
         Ok(Self { tables, config, timestep_map: (0..n).collect(), original_num_timesteps: n })
     }

@@ -9,6 +9,13 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// ᾱ reaches 0 at the last step (zero terminal SNR), which the ε and x_0 parameterisations
+    /// and the samplers cannot use yet.
+    #[error(
+        "alphas_cumprod reaches 0 at the last step (zero terminal SNR): that needs v-prediction \
+         throughout sampling, which is not supported yet; use a schedule whose last alpha-bar is > 0"
+    )]
+    ZeroTerminalSnr,
     /// A schedule needs at least one step (`T = 0` was given).
     #[error("a diffusion schedule needs at least one timestep (T = 0 was given)")]
     NoTimesteps,

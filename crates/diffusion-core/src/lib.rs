@@ -74,9 +74,10 @@ pub use likelihood::{
     approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl, normal_kl_standard,
 };
 pub use noise::{NoiseSource, SeedStream};
-pub use respace::space_timesteps;
+pub use respace::{TimestepSpacing, space_timesteps, spaced_timesteps};
 pub use schedule::{
     BetaSchedule, betas_for_alpha_bar, betas_from_alphas_cumprod, cosine_betas, linear_betas,
+    rescale_zero_terminal_snr,
 };
 pub use tables::DiffusionTables;
 pub use timestep_sampler::{LossSecondMomentSampler, TimestepBatch, TimestepSampler, UniformSampler};

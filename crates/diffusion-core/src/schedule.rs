@@ -110,6 +110,28 @@ pub fn cosine_betas(num_timesteps: usize) -> Result<Vec<f64>> {
     betas_for_alpha_bar(num_timesteps, cosine_alpha_bar, COSINE_MAX_BETA)
 }
 
+/// Rescales `betas` to zero terminal SNR (Lin et al. 2023, Algorithm 1; diffusers'
+/// `rescale_zero_terminal_snr`): √ᾱ is shifted so that its last value is 0 and scaled so that
+/// its first is unchanged, then β_t = 1 − ᾱ_t/ᾱ_{t−1}. The last β is then 1 (ᾱ_{T−1} = 0: pure
+/// noise at the last step).
+///
+/// A process built from these betas is refused by [`crate::GaussianDiffusion`] for now: at
+/// ᾱ = 0 the ε- and x_0-parameterisations are undefined, and the samplers need v-prediction
+/// throughout to use it (not built yet).
+pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
+    let mut acc = 1.0;
+    let sqrt_ab: Vec<f64> = betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            acc.sqrt()
+        })
+        .collect();
+    let (Some(&first), Some(&last)) = (sqrt_ab.first(), sqrt_ab.last()) else { return Vec::new() };
+    let ab: Vec<f64> = sqrt_ab.iter().map(|s| ((s - last) * first / (first - last)).powi(2)).collect();
+    (0..ab.len()).map(|t| if t == 0 { 1.0 - ab[0] } else { 1.0 - ab[t] / ab[t - 1] }).collect()
+}
+
 /// Discretises a continuous ᾱ(t), t ∈ [0, 1], into T betas:
 /// β_i = min(1 − ᾱ((i+1)/T) / ᾱ(i/T), `max_beta`).
 pub fn betas_for_alpha_bar(

@@ -6,6 +6,7 @@
 //! - `gradients`: autodiff checks (the hybrid loss's stop-gradient).
 
 mod common;
+mod diffusers;
 mod gradients;
 mod properties;
 mod reference;
