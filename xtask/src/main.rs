@@ -80,6 +80,8 @@ fn ci() -> Result<(), String> {
     }
     // The four library crates as they would be published (dependency order; each packaged crate
     // is built on its own, against the others as packaged).
+    let verify_dir = package_target_dir()?;
+    forget_packaged_sources(&verify_dir)?;
     cargo(
         &[
             "package",
@@ -94,8 +96,55 @@ fn ci() -> Result<(), String> {
             "-p",
             "diffusion-sample",
         ],
-        &[],
+        &[("CARGO_TARGET_DIR", verify_dir.to_str().ok_or("the target directory is not UTF-8")?)],
     )?;
+    Ok(())
+}
+
+/// The target directory of the packaging check: its own, beside the main one (kept between
+/// runs, so burn is built there once), because Cargo treats the packaged crates as registry
+/// crates, fingerprinted by name and version only.
+fn package_target_dir() -> Result<std::path::PathBuf, String> {
+    let main = env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    Ok(std::path::Path::new(&main).join("package-verify"))
+}
+
+/// Cargo verifies interdependent packages against a local registry of the just-packaged crates,
+/// unpacked under `$CARGO_HOME/registry/{src,cache}/-<hash>/` and compiled as registry crates —
+/// both keyed by name and version only, so a later run (same version, new code) would build the
+/// stale copies. Remove our crates from those local-registry folders (the ones whose name starts
+/// with `-`; crates.io's are untouched) and their artifacts from the packaging target directory
+/// (where every `diffusion-*` artifact is such a copy).
+fn forget_packaged_sources(verify_dir: &std::path::Path) -> Result<(), String> {
+    let home = env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|_| env::var("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))
+        .map_err(|_| "neither CARGO_HOME nor HOME is set".to_string())?;
+    let mut dirs = Vec::new();
+    for kind in ["src", "cache"] {
+        for registry in std::fs::read_dir(home.join("registry").join(kind)).into_iter().flatten().flatten() {
+            if registry.file_name().to_string_lossy().starts_with('-') {
+                dirs.push(registry.path());
+            }
+        }
+    }
+    for sub in ["debug/.fingerprint", "debug/deps", "debug/build", "debug/incremental"] {
+        dirs.push(verify_dir.join(sub));
+    }
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("diffusion-")
+                || name.starts_with("diffusion_")
+                || name.starts_with("libdiffusion_")
+            {
+                let path = entry.path();
+                let removed =
+                    if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                removed.map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use diffusion_core::{GaussianDiffusion, SeedStream};
 use diffusion_sample::checkpoint::DenoiserNetwork;
+use diffusion_sample::dpm_solver::DpmAlgorithm;
 use diffusion_sample::generate::{Job, Progress, sample_images, sample_points};
 use diffusion_sample::output::{save_grid_png, save_npz, to_images};
 use diffusion_sample::{Method, Predictor, SampleOptions, open_classifier};
@@ -25,6 +26,15 @@ pub enum SamplerName {
     Langevin,
     /// Predictor (DDPM, or DDIM with --eta) + Langevin corrector.
     Pc,
+    /// DPM-Solver++ 2M (diffusers' default DPMSolverMultistepScheduler), over the --respace steps.
+    #[value(name = "dpm++2m")]
+    Dpm2m,
+    /// DPM-Solver++ 3M.
+    #[value(name = "dpm++3m")]
+    Dpm3m,
+    /// SDE-DPM-Solver++ 2M (stochastic).
+    #[value(name = "sde-dpm++2m")]
+    SdeDpm2m,
 }
 
 /// Arguments of `diffusion sample`.
@@ -146,6 +156,9 @@ fn method(args: &SampleArgs, d: &GaussianDiffusion) -> Method {
             Some(step_scale) => Method::Langevin { steps_per_level: args.langevin_steps.max(1), step_scale },
             None => Method::langevin(d, args.langevin_steps),
         },
+        SamplerName::Dpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp },
+        SamplerName::Dpm3m => Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp },
+        SamplerName::SdeDpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp },
         SamplerName::Pc => Method::PredictorCorrector {
             predictor: if args.eta > 0.0 || args.respace.as_deref().is_some_and(|r| r.starts_with("ddim")) {
                 Predictor::Ddim { eta: args.eta }

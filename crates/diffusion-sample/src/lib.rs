@@ -34,6 +34,7 @@
 //! `examples/` of this crate.
 
 pub mod checkpoint;
+pub mod dpm_solver;
 pub mod error;
 pub mod generate;
 pub mod guidance;

@@ -46,6 +46,9 @@ fn default_run_then_every_sampler_guidance_and_nll() {
         ("ddim", vec!["--respace", "ddim5", "--eta", "0.5"]),
         ("langevin", vec!["--respace", "5", "--langevin-steps", "2"]),
         ("pc", vec!["--respace", "5"]),
+        ("dpm++2m", vec!["--respace", "trailing6"]),
+        ("dpm++3m", vec!["--respace", "linspace6"]),
+        ("sde-dpm++2m", vec!["--respace", "6"]),
     ] {
         let out = d.join(format!("{sampler}.png"));
         let args = [

@@ -520,4 +520,5 @@ mod likelihood {
     }
 }
 mod checkpoint;
+mod dpm_solver;
 mod reference;

@@ -1,0 +1,307 @@
+//! DPM-Solver++ (Lu et al. 2022): multistep orders 1–3 and the stochastic SDE-DPM-Solver++ 2M,
+//! in diffusers' `DPMSolverMultistepScheduler` form — data (x̂_0) prediction, midpoint solver
+//! type, lower orders while warming up and at the end.
+//!
+//! The process in the σ parameterisation: σ_t = √((1−ᾱ_t)/ᾱ_t), α_t = 1/√(σ_t² + 1),
+//! σ'_t = σ_t α_t (the VP noise level) and λ_t = log α_t − log σ'_t. With h = λ_t − λ_s and the
+//! data predictions m_0 (newest), m_1, m_2 at the last steps:
+//!
+//! | order | update x_s → x_t |
+//! |---|---|
+//! | 1 | (σ'_t/σ'_s) x − α_t (e^{−h} − 1) m_0 (DDIM) |
+//! | 2 | … − α_t (e^{−h} − 1) D_0 − ½ α_t (e^{−h} − 1) D_1, D_0 = m_0, D_1 = (m_0 − m_1)/r_0, r_0 = h_0/h |
+//! | 3 | (σ'_t/σ'_s) x − α_t (e^{−h} − 1) D_0 + α_t ((e^{−h} − 1)/h + 1) D_1 − α_t ((e^{−h} − 1 + h)/h² − ½) D_2, with D_1 = D_1,0 + r_0/(r_0 + r_1) (D_1,0 − D_1,1), D_2 = (D_1,0 − D_1,1)/(r_0 + r_1) |
+//!
+//! SDE-DPM-Solver++: x_t = (σ'_t/σ'_s) e^{−h} x + α_t (1 − e^{−2h}) (D_0 + ½ D_1) + σ'_t √(1 − e^{−2h}) z.
+//! The last step goes to σ = 0 (x̂_0 itself) with order 1. Scalars are computed in f32, as
+//! diffusers computes them on its f32 tensors.
+
+use burn::tensor::Tensor;
+use diffusion_core::{GaussianDiffusion, ModelMean};
+
+use crate::error::{Result, SampleError};
+
+/// Deterministic DPM-Solver++ or its SDE variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DpmAlgorithm {
+    /// `dpmsolver++`.
+    DpmSolverPp,
+    /// `sde-dpmsolver++` (orders 1 and 2).
+    SdeDpmSolverPp,
+}
+
+/// A DPM-Solver++ run: the timesteps (decreasing, indices of the training process), σ at each
+/// and 0 after the last, and the solver's choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpmSolver {
+    /// The model timesteps, one per step, decreasing.
+    pub timesteps: Vec<usize>,
+    /// σ_t at each timestep, then 0 (final σ "zero").
+    pub sigmas: Vec<f32>,
+    /// Solver order (1, 2 or 3; 2 at most for the SDE variant).
+    pub order: usize,
+    /// The algorithm.
+    pub algorithm: DpmAlgorithm,
+    /// What the network predicts (ε, x_0 or v).
+    pub prediction: ModelMean,
+    /// Lower orders for the last steps when there are fewer than 15 (diffusers' default).
+    pub lower_order_final: bool,
+}
+
+/// The solver's memory between steps.
+#[derive(Debug, Clone)]
+pub struct DpmState<const D: usize> {
+    /// Data predictions of the last steps, newest last.
+    outputs: Vec<Tensor<D>>,
+    /// Steps taken.
+    step: usize,
+    /// How many lower-order steps have run (diffusers' `lower_order_nums`).
+    lower_order_nums: usize,
+}
+
+impl<const D: usize> Default for DpmState<D> {
+    fn default() -> Self {
+        Self { outputs: Vec::new(), step: 0, lower_order_nums: 0 }
+    }
+}
+
+impl<const D: usize> DpmState<D> {
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> usize {
+        self.step
+    }
+}
+
+/// What [`DpmSolver::step`] returns.
+#[derive(Debug, Clone)]
+pub struct DpmStep<const D: usize> {
+    /// The next sample.
+    pub sample: Tensor<D>,
+    /// The data prediction x̂_0 at this step.
+    pub pred_x0: Tensor<D>,
+    /// The order used.
+    pub order: usize,
+}
+
+/// The timesteps diffusers' `DPMSolverMultistepScheduler.set_timesteps(n)` picks from a
+/// `num_timesteps`-step process, decreasing (they differ from DDIM's: linspace and leading space
+/// n + 1 points and drop the last):
+/// - `Linspace`: round(linspace(0, T − 1, n + 1)) reversed, without its last (0);
+/// - `Leading { steps_offset }`: k ⌊T/(n + 1)⌋ for k = n … 1, plus the offset;
+/// - `Trailing`: round(T − k T/n) − 1 for k = 0 … n − 1.
+///
+/// Rounding is half to even, like numpy's.
+pub fn dpm_timesteps(
+    num_timesteps: usize,
+    n: usize,
+    spacing: diffusion_core::TimestepSpacing,
+) -> Result<Vec<usize>> {
+    use diffusion_core::TimestepSpacing;
+    if n == 0 || n > num_timesteps {
+        return Err(SampleError::InvalidOption(format!(
+            "the number of steps must be in 1..={num_timesteps}, got {n}"
+        )));
+    }
+    let t = num_timesteps as f64;
+    let steps: Vec<i64> = match spacing {
+        TimestepSpacing::Linspace => {
+            let step = (t - 1.0) / n as f64;
+            (1..=n)
+                .rev()
+                .map(|k| if k == n { t - 1.0 } else { k as f64 * step })
+                .map(|v| v.round_ties_even() as i64)
+                .collect()
+        }
+        TimestepSpacing::Leading { steps_offset } => {
+            let ratio = (num_timesteps / (n + 1)) as i64;
+            (1..=n as i64).rev().map(|k| k * ratio + steps_offset as i64).collect()
+        }
+        TimestepSpacing::Trailing => {
+            let step = t / n as f64;
+            (0..n).map(|k| (t - k as f64 * step).round_ties_even() as i64 - 1).collect()
+        }
+    };
+    if let Some(&bad) = steps.iter().find(|&&s| s < 0 || s >= num_timesteps as i64) {
+        return Err(SampleError::InvalidOption(format!("step {bad} falls outside 0..{num_timesteps}")));
+    }
+    Ok(steps.into_iter().map(|s| s as usize).collect())
+}
+
+impl DpmSolver {
+    /// A solver over `timesteps` (decreasing indices of `diffusion`, which must not be respaced)
+    /// with σ from its ᾱ in f32, as diffusers computes them.
+    pub fn new(
+        diffusion: &GaussianDiffusion,
+        timesteps: Vec<usize>,
+        order: usize,
+        algorithm: DpmAlgorithm,
+        prediction: ModelMean,
+    ) -> Result<Self> {
+        let bad = |m: String| Err(SampleError::InvalidOption(m));
+        let max_order = if algorithm == DpmAlgorithm::SdeDpmSolverPp { 2 } else { 3 };
+        if !(1..=max_order).contains(&order) {
+            return bad(format!("{algorithm:?} has orders 1..={max_order}, got {order}"));
+        }
+        if prediction == ModelMean::PreviousX {
+            return bad("DPM-Solver++ needs an ε, x_0 or v prediction, not x_{t−1}".into());
+        }
+        if timesteps.is_empty() || timesteps.windows(2).any(|w| w[0] <= w[1]) {
+            return bad("the timesteps must be non-empty and strictly decreasing".into());
+        }
+        let ab = &diffusion.tables().alphas_cumprod;
+        if let Some(&t) = timesteps.iter().find(|&&t| t >= ab.len()) {
+            return Err(SampleError::TimestepOutOfRange { t, num_timesteps: ab.len() });
+        }
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| {
+                let a = ab[t] as f32;
+                ((1.0 - a) / a).sqrt()
+            })
+            .collect();
+        sigmas.push(0.0);
+        Ok(Self { timesteps, sigmas, order, algorithm, prediction, lower_order_final: true })
+    }
+
+    /// Steps of the run.
+    pub fn num_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    /// (α_t, σ'_t) from σ.
+    fn alpha_sigma(sigma: f32) -> (f32, f32) {
+        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+        (alpha, sigma * alpha)
+    }
+
+    fn lambda(sigma: f32) -> f32 {
+        let (a, s) = Self::alpha_sigma(sigma);
+        a.ln() - s.ln()
+    }
+
+    /// x̂_0 from the network output at step `k` (diffusers' `convert_model_output`).
+    pub fn data_prediction<const D: usize>(
+        &self,
+        k: usize,
+        x: Tensor<D>,
+        model_output: Tensor<D>,
+    ) -> Tensor<D> {
+        let (alpha, sigma) = Self::alpha_sigma(self.sigmas[k]);
+        match self.prediction {
+            ModelMean::Epsilon => (x - model_output.mul_scalar(sigma)).div_scalar(alpha),
+            ModelMean::StartX => model_output,
+            _ => x.mul_scalar(alpha) - model_output.mul_scalar(sigma),
+        }
+    }
+
+    /// One step from `x` at step `state.steps_taken()` given the network output there; `noise`
+    /// is needed by the SDE variant (except at the last step).
+    pub fn step<const D: usize>(
+        &self,
+        state: &mut DpmState<D>,
+        x: Tensor<D>,
+        model_output: Tensor<D>,
+        noise: Option<Tensor<D>>,
+    ) -> Result<DpmStep<D>> {
+        let k = state.step;
+        let n = self.num_steps();
+        if k >= n {
+            return Err(SampleError::InvalidOption(format!("the solver's {n} steps are all taken")));
+        }
+        if model_output.dims() != x.dims() {
+            return Err(SampleError::Shape {
+                what: "the model output",
+                got: model_output.dims().to_vec(),
+                expected: x.dims().to_vec(),
+            });
+        }
+        let m0 = self.data_prediction(k, x.clone(), model_output);
+        state.outputs.push(m0.clone());
+        if state.outputs.len() > self.order {
+            state.outputs.remove(0);
+        }
+        // diffusers: the final step (to σ = 0) is first order; below 15 steps the one before it
+        // at most second order.
+        let final_first = k == n - 1;
+        let second_last = k + 2 == n && self.lower_order_final && n < 15;
+        let order = if self.order == 1 || state.lower_order_nums < 1 || final_first {
+            1
+        } else if self.order == 2 || state.lower_order_nums < 2 || second_last {
+            2
+        } else {
+            3
+        };
+        let (sigma_t, sigma_s0) = (self.sigmas[k + 1], self.sigmas[k]);
+        let (alpha_t, sig_t) = Self::alpha_sigma(sigma_t);
+        let (_, sig_s0) = Self::alpha_sigma(sigma_s0);
+        let (lambda_t, lambda_s0) = (Self::lambda(sigma_t), Self::lambda(sigma_s0));
+        let h = lambda_t - lambda_s0;
+        let outs = &state.outputs;
+        let m = |back: usize| outs[outs.len() - 1 - back].clone();
+        let sde = self.algorithm == DpmAlgorithm::SdeDpmSolverPp;
+        let z = if sde && sig_t > 0.0 {
+            let z = noise.ok_or(SampleError::MissingNoise { step: "sde-dpmsolver++" })?;
+            if z.dims() != x.dims() {
+                return Err(SampleError::Shape {
+                    what: "the noise",
+                    got: z.dims().to_vec(),
+                    expected: x.dims().to_vec(),
+                });
+            }
+            Some(z)
+        } else {
+            None
+        };
+        let em1 = (-h).exp() - 1.0; // e^{−h} − 1
+        let sample = match (order, sde) {
+            (1, false) => x.mul_scalar(sig_t / sig_s0) - m0.clone().mul_scalar(alpha_t * em1),
+            (1, true) => {
+                let e2 = 1.0 - (-2.0 * h).exp();
+                let det = x.mul_scalar(sig_t / sig_s0 * (-h).exp()) + m0.clone().mul_scalar(alpha_t * e2);
+                match z {
+                    Some(z) => det + z.mul_scalar(sig_t * e2.sqrt()),
+                    None => det,
+                }
+            }
+            (2, _) => {
+                let lambda_s1 = Self::lambda(self.sigmas[k - 1]);
+                let r0 = (lambda_s0 - lambda_s1) / h;
+                let d0 = m(0);
+                let d1 = (m(0) - m(1)).mul_scalar(1.0 / r0);
+                if sde {
+                    let e2 = 1.0 - (-2.0 * h).exp();
+                    let det = x.mul_scalar(sig_t / sig_s0 * (-h).exp())
+                        + d0.mul_scalar(alpha_t * e2)
+                        + d1.mul_scalar(0.5 * alpha_t * e2);
+                    match z {
+                        Some(z) => det + z.mul_scalar(sig_t * e2.sqrt()),
+                        None => det,
+                    }
+                } else {
+                    x.mul_scalar(sig_t / sig_s0)
+                        - d0.mul_scalar(alpha_t * em1)
+                        - d1.mul_scalar(0.5 * alpha_t * em1)
+                }
+            }
+            _ => {
+                let (lambda_s1, lambda_s2) =
+                    (Self::lambda(self.sigmas[k - 1]), Self::lambda(self.sigmas[k - 2]));
+                let (h0, h1) = (lambda_s0 - lambda_s1, lambda_s1 - lambda_s2);
+                let (r0, r1) = (h0 / h, h1 / h);
+                let d0 = m(0);
+                let d1_0 = (m(0) - m(1)).mul_scalar(1.0 / r0);
+                let d1_1 = (m(1) - m(2)).mul_scalar(1.0 / r1);
+                let d1 = d1_0.clone() + (d1_0.clone() - d1_1.clone()).mul_scalar(r0 / (r0 + r1));
+                let d2 = (d1_0 - d1_1).mul_scalar(1.0 / (r0 + r1));
+                x.mul_scalar(sig_t / sig_s0) - d0.mul_scalar(alpha_t * em1)
+                    + d1.mul_scalar(alpha_t * (em1 / h + 1.0))
+                    - d2.mul_scalar(alpha_t * ((em1 + h) / (h * h) - 0.5))
+            }
+        };
+        if state.lower_order_nums < self.order {
+            state.lower_order_nums += 1;
+        }
+        state.step += 1;
+        Ok(DpmStep { sample, pred_x0: m0, order })
+    }
+}
