@@ -58,7 +58,7 @@ import diffusers
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 from diffusers.schedulers import scheduling_ddim
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+OUT = sys.argv[1] if __name__ == "__main__" and len(sys.argv) > 1 else os.path.join(
     os.path.dirname(__file__), "..", "crates", "diffusion-core", "tests", "it", "diffusers.json")
 
 SOURCE = (f"huggingface/diffusers {diffusers.__version__} (PyPI; torch {version('torch')}, "
@@ -98,52 +98,57 @@ def schedule_f64(name, T):
     raise ValueError(name)
 
 
-ref = {"source": SOURCE, "spacings": [], "zero_snr": []}
+def main():
+    ref = {"source": SOURCE, "spacings": [], "zero_snr": []}
 
-for T in (1000, 50, 4000):
-    ns = sorted({1, 2, 7, 10, 20, 50, T})
-    for n in ns:
-        for spacing in ("linspace", "leading", "trailing"):
-            for offset in (0, 1):
-                case = {"num_train_timesteps": T, "num_inference_steps": n, "timestep_spacing": spacing,
-                        "steps_offset": offset}
-                try:
-                    s = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=offset)
-                    s.set_timesteps(n)
-                    assert s.timesteps.dtype == torch.int64
-                    case["timesteps"] = [int(t) for t in s.timesteps.tolist()]
-                except Exception as e:  # noqa: BLE001
-                    case["error"] = f"{type(e).__name__}: {e}"
-                try:
-                    e_s = EulerDiscreteScheduler(num_train_timesteps=T, timestep_spacing=spacing,
-                                                 steps_offset=offset)
-                    e_s.set_timesteps(n)
-                    assert e_s.timesteps.dtype == torch.float32
-                    case["euler_timesteps"] = floats(e_s.timesteps)
-                except Exception as e:  # noqa: BLE001
-                    case["euler_error"] = f"{type(e).__name__}: {e}"
-                ref["spacings"].append(case)
+    for T in (1000, 50, 4000):
+        ns = sorted({1, 2, 7, 10, 20, 50, T})
+        for n in ns:
+            for spacing in ("linspace", "leading", "trailing"):
+                for offset in (0, 1):
+                    case = {"num_train_timesteps": T, "num_inference_steps": n, "timestep_spacing": spacing,
+                            "steps_offset": offset}
+                    try:
+                        s = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=offset)
+                        s.set_timesteps(n)
+                        assert s.timesteps.dtype == torch.int64
+                        case["timesteps"] = [int(t) for t in s.timesteps.tolist()]
+                    except Exception as e:  # noqa: BLE001
+                        case["error"] = f"{type(e).__name__}: {e}"
+                    try:
+                        e_s = EulerDiscreteScheduler(num_train_timesteps=T, timestep_spacing=spacing,
+                                                     steps_offset=offset)
+                        e_s.set_timesteps(n)
+                        assert e_s.timesteps.dtype == torch.float32
+                        case["euler_timesteps"] = floats(e_s.timesteps)
+                    except Exception as e:  # noqa: BLE001
+                        case["euler_error"] = f"{type(e).__name__}: {e}"
+                    ref["spacings"].append(case)
 
-for name in ("linear", "scaled_linear", "squaredcos_cap_v2"):
-    for T in (1000, 50):
-        s = DDIMScheduler(num_train_timesteps=T, beta_schedule=name, rescale_betas_zero_snr=True)
-        plain = DDIMScheduler(num_train_timesteps=T, beta_schedule=name)
-        b_in = schedule_f64(name, T)
-        # diffusers builds the float32 schedule in float32, so it may differ from the float64 one by
-        # an ulp or so; say by how much.
-        d = (b_in - plain.betas.double()).abs().max().item()
-        print(f"{name} T={T}: max |betas_input_f64 - betas_input| = {d:.3g}")
-        b = scheduling_ddim.rescale_zero_terminal_snr(b_in.clone())
-        assert b.dtype == torch.float64
-        ac = torch.cumprod(1.0 - b, dim=0)
-        ref["zero_snr"].append({
-            "beta_schedule": name, "num_train_timesteps": T,
-            "betas": floats(s.betas), "alphas_cumprod": floats(s.alphas_cumprod),
-            "betas_input": floats(plain.betas),
-            "betas_input_f64": floats(b_in), "betas_f64": floats(b), "alphas_cumprod_f64": floats(ac),
-        })
+    for name in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+        for T in (1000, 50):
+            s = DDIMScheduler(num_train_timesteps=T, beta_schedule=name, rescale_betas_zero_snr=True)
+            plain = DDIMScheduler(num_train_timesteps=T, beta_schedule=name)
+            b_in = schedule_f64(name, T)
+            # diffusers builds the float32 schedule in float32, so it may differ from the float64 one by
+            # an ulp or so; say by how much.
+            d = (b_in - plain.betas.double()).abs().max().item()
+            print(f"{name} T={T}: max |betas_input_f64 - betas_input| = {d:.3g}")
+            b = scheduling_ddim.rescale_zero_terminal_snr(b_in.clone())
+            assert b.dtype == torch.float64
+            ac = torch.cumprod(1.0 - b, dim=0)
+            ref["zero_snr"].append({
+                "beta_schedule": name, "num_train_timesteps": T,
+                "betas": floats(s.betas), "alphas_cumprod": floats(s.alphas_cumprod),
+                "betas_input": floats(plain.betas),
+                "betas_input_f64": floats(b_in), "betas_f64": floats(b), "alphas_cumprod_f64": floats(ac),
+            })
 
-os.makedirs(os.path.dirname(os.path.abspath(OUT)), exist_ok=True)
-with open(OUT, "w") as f:
-    json.dump(ref, f, separators=(",", ":"), allow_nan=False)
-print(f"wrote {OUT}")
+    os.makedirs(os.path.dirname(os.path.abspath(OUT)), exist_ok=True)
+    with open(OUT, "w") as f:
+        json.dump(ref, f, separators=(",", ":"), allow_nan=False)
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

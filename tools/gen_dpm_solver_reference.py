@@ -116,6 +116,9 @@ import diffusers
 from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_mod
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_diffusers_reference import schedule_f64  # noqa: E402
+
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "crates", "diffusion-sample", "tests", "it", "fixtures",
     "dpm_solver.json")
@@ -163,23 +166,13 @@ def net(x, t, prediction_type):
 
 
 def betas_f64(name):
-    """The schedule's betas in float64 (as in tools/gen_diffusers_reference.py)."""
-    if name == "linear":
-        return torch.linspace(BETA_START, BETA_END, T_TRAIN, dtype=torch.float64)
+    """The schedule's betas in float64, as tools/gen_diffusers_reference.py computes them (for the
+    cosine schedule checked against this scheduler's own float32 betas, which it casts from the
+    float64 values; its linear betas come from a float32 linspace, an ulp away)."""
+    b = schedule_f64(name, T_TRAIN)
     if name == "squaredcos_cap_v2":
-        # betas_for_alpha_bar works in Python floats and casts to float32 only when it builds its
-        # result tensor; make torch.tensor keep float64 to capture the float64 values.
-        real = torch.tensor
-
-        def tensor64(data, dtype=None, **kw):
-            return real(data, dtype=torch.float64, **kw)
-
-        with mock.patch.object(dpm_mod.torch, "tensor", tensor64):
-            b = dpm_mod.betas_for_alpha_bar(T_TRAIN)
-        assert b.dtype == torch.float64
         assert torch.equal(b.float(), dpm_mod.betas_for_alpha_bar(T_TRAIN))
-        return b
-    raise ValueError(name)
+    return b
 
 
 class FixedNoise:
