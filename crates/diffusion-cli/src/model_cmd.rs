@@ -142,12 +142,11 @@ pub fn run(args: &ModelArgs, device: &Device, out: &mut dyn Write) -> Result<()>
         (spec, model)
     };
     if let Some(dest) = &args.save {
-        let learned_sigma = |data: usize, out: usize| {
-            if out == 2 * data { ModelVariance::LearnedRange } else { ModelVariance::FixedSmall }
-        };
-        let diffusion = match &spec {
-            ModelSpec::Unet(c) => Some(args.process.spec(learned_sigma(c.in_channels, c.out_channels))?),
-            ModelSpec::Mlp(c) => Some(args.process.spec(learned_sigma(c.data_dim, c.out_dim))?),
+        // A denoiser's (data, output) channels; its variance defaults to guided-diffusion's
+        // `learn_sigma` convention (learned range with 2C outputs).
+        let channels = match &spec {
+            ModelSpec::Unet(c) => Some((c.in_channels, c.out_channels)),
+            ModelSpec::Mlp(c) => Some((c.data_dim, c.out_dim)),
             ModelSpec::Classifier(_) if args.process.given() => {
                 bail!(
                     "--schedule/--steps/--variance/--mean describe a denoiser's process, not a classifier's"
@@ -155,12 +154,16 @@ pub fn run(args: &ModelArgs, device: &Device, out: &mut dyn Write) -> Result<()>
             }
             ModelSpec::Classifier(_) => None,
         };
-        if let (Some(p), ModelSpec::Unet(c)) = (&diffusion, &spec) {
-            check_fits(dest, p.config.variance, c.in_channels, c.out_channels)?;
-        }
-        if let (Some(p), ModelSpec::Mlp(c)) = (&diffusion, &spec) {
-            check_fits(dest, p.config.variance, c.data_dim, c.out_dim)?;
-        }
+        let diffusion = match channels {
+            Some((data, out)) => {
+                let default =
+                    if out == 2 * data { ModelVariance::LearnedRange } else { ModelVariance::FixedSmall };
+                let p = args.process.spec(default)?;
+                check_fits(dest, p.config.variance, data, out)?;
+                Some(p)
+            }
+            None => None,
+        };
         let extra = serde_json::to_value(SavedExtra {
             process: ProcessRecord { diffusion },
             imported_from: args.import_pytorch.clone(),

@@ -84,8 +84,9 @@ pub struct DpmStep<const D: usize> {
 }
 
 /// The timesteps diffusers' `DPMSolverMultistepScheduler.set_timesteps(n)` picks from a
-/// `num_timesteps`-step process, decreasing (they differ from DDIM's: linspace and leading space
-/// n + 1 points and drop the last):
+/// `num_timesteps`-step process (n < T), decreasing. Linspace and leading are DDIM's rules
+/// ([`diffusion_core::spaced_timesteps`]) over n + 1 points without the smallest; trailing is
+/// DDIM's:
 /// - `Linspace`: round(linspace(0, T − 1, n + 1)) reversed, without its last (0);
 /// - `Leading { steps_offset }`: k ⌊T/(n + 1)⌋ for k = n … 1, plus the offset;
 /// - `Trailing`: round(T − k T/n) − 1 for k = 0 … n − 1.
@@ -96,35 +97,14 @@ pub fn dpm_timesteps(
     n: usize,
     spacing: diffusion_core::TimestepSpacing,
 ) -> Result<Vec<usize>> {
-    use diffusion_core::TimestepSpacing;
-    if n == 0 || n > num_timesteps {
-        return Err(SampleError::InvalidOption(format!(
-            "the number of steps must be in 1..={num_timesteps}, got {n}"
-        )));
-    }
-    let t = num_timesteps as f64;
-    let steps: Vec<i64> = match spacing {
-        TimestepSpacing::Linspace => {
-            let step = (t - 1.0) / n as f64;
-            (1..=n)
-                .rev()
-                .map(|k| if k == n { t - 1.0 } else { k as f64 * step })
-                .map(|v| v.round_ties_even() as i64)
-                .collect()
-        }
-        TimestepSpacing::Leading { steps_offset } => {
-            let ratio = (num_timesteps / (n + 1)) as i64;
-            (1..=n as i64).rev().map(|k| k * ratio + steps_offset as i64).collect()
-        }
-        TimestepSpacing::Trailing => {
-            let step = t / n as f64;
-            (0..n).map(|k| (t - k as f64 * step).round_ties_even() as i64 - 1).collect()
-        }
+    use diffusion_core::{TimestepSpacing, spaced_timesteps};
+    let mut steps = match spacing {
+        TimestepSpacing::Trailing => spaced_timesteps(num_timesteps, n, spacing)?,
+        // DDIM's rule over n + 1 points, without its first (0, or the steps offset).
+        _ => spaced_timesteps(num_timesteps, n + 1, spacing)?.split_off(1),
     };
-    if let Some(&bad) = steps.iter().find(|&&s| s < 0 || s >= num_timesteps as i64) {
-        return Err(SampleError::InvalidOption(format!("step {bad} falls outside 0..{num_timesteps}")));
-    }
-    Ok(steps.into_iter().map(|s| s as usize).collect())
+    steps.reverse();
+    Ok(steps)
 }
 
 impl DpmSolver {
@@ -253,49 +233,37 @@ impl DpmSolver {
             None
         };
         let em1 = (-h).exp() - 1.0; // e^{−h} − 1
-        let sample = match (order, sde) {
-            (1, false) => x.mul_scalar(sig_t / sig_s0) - m0.clone().mul_scalar(alpha_t * em1),
-            (1, true) => {
-                let e2 = 1.0 - (-2.0 * h).exp();
-                let det = x.mul_scalar(sig_t / sig_s0 * (-h).exp()) + m0.clone().mul_scalar(alpha_t * e2);
-                match z {
-                    Some(z) => det + z.mul_scalar(sig_t * e2.sqrt()),
-                    None => det,
-                }
+        // The second-order difference D_1 = (m_0 − m_1)/r_0, r_0 = h_0/h.
+        let d1_second = || {
+            let r0 = (lambda_s0 - Self::lambda(self.sigmas[k - 1])) / h;
+            (m(0) - m(1)).mul_scalar(1.0 / r0)
+        };
+        let sample = if sde {
+            let e2 = 1.0 - (-2.0 * h).exp(); // 1 − e^{−2h}
+            let mut det = x.mul_scalar(sig_t / sig_s0 * (-h).exp()) + m0.clone().mul_scalar(alpha_t * e2);
+            if order == 2 {
+                det = det + d1_second().mul_scalar(0.5 * alpha_t * e2);
             }
-            (2, _) => {
-                let lambda_s1 = Self::lambda(self.sigmas[k - 1]);
-                let r0 = (lambda_s0 - lambda_s1) / h;
-                let d0 = m(0);
-                let d1 = (m(0) - m(1)).mul_scalar(1.0 / r0);
-                if sde {
-                    let e2 = 1.0 - (-2.0 * h).exp();
-                    let det = x.mul_scalar(sig_t / sig_s0 * (-h).exp())
-                        + d0.mul_scalar(alpha_t * e2)
-                        + d1.mul_scalar(0.5 * alpha_t * e2);
-                    match z {
-                        Some(z) => det + z.mul_scalar(sig_t * e2.sqrt()),
-                        None => det,
-                    }
-                } else {
-                    x.mul_scalar(sig_t / sig_s0)
-                        - d0.mul_scalar(alpha_t * em1)
-                        - d1.mul_scalar(0.5 * alpha_t * em1)
-                }
+            match z {
+                Some(z) => det + z.mul_scalar(sig_t * e2.sqrt()),
+                None => det,
             }
-            _ => {
-                let (lambda_s1, lambda_s2) =
-                    (Self::lambda(self.sigmas[k - 1]), Self::lambda(self.sigmas[k - 2]));
-                let (h0, h1) = (lambda_s0 - lambda_s1, lambda_s1 - lambda_s2);
-                let (r0, r1) = (h0 / h, h1 / h);
-                let d0 = m(0);
-                let d1_0 = (m(0) - m(1)).mul_scalar(1.0 / r0);
-                let d1_1 = (m(1) - m(2)).mul_scalar(1.0 / r1);
-                let d1 = d1_0.clone() + (d1_0.clone() - d1_1.clone()).mul_scalar(r0 / (r0 + r1));
-                let d2 = (d1_0 - d1_1).mul_scalar(1.0 / (r0 + r1));
-                x.mul_scalar(sig_t / sig_s0) - d0.mul_scalar(alpha_t * em1)
-                    + d1.mul_scalar(alpha_t * (em1 / h + 1.0))
-                    - d2.mul_scalar(alpha_t * ((em1 + h) / (h * h) - 0.5))
+        } else {
+            let first = x.mul_scalar(sig_t / sig_s0) - m0.clone().mul_scalar(alpha_t * em1);
+            match order {
+                1 => first,
+                2 => first - d1_second().mul_scalar(0.5 * alpha_t * em1),
+                _ => {
+                    let (lambda_s1, lambda_s2) =
+                        (Self::lambda(self.sigmas[k - 1]), Self::lambda(self.sigmas[k - 2]));
+                    let (r0, r1) = ((lambda_s0 - lambda_s1) / h, (lambda_s1 - lambda_s2) / h);
+                    let d1_0 = (m(0) - m(1)).mul_scalar(1.0 / r0);
+                    let d1_1 = (m(1) - m(2)).mul_scalar(1.0 / r1);
+                    let d1 = d1_0.clone() + (d1_0.clone() - d1_1.clone()).mul_scalar(r0 / (r0 + r1));
+                    let d2 = (d1_0 - d1_1).mul_scalar(1.0 / (r0 + r1));
+                    first + d1.mul_scalar(alpha_t * (em1 / h + 1.0))
+                        - d2.mul_scalar(alpha_t * ((em1 + h) / (h * h) - 0.5))
+                }
             }
         };
         if state.lower_order_nums < self.order {

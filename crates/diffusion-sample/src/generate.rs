@@ -95,13 +95,12 @@ pub fn sample_images(
     progress: &dyn Fn(Progress),
 ) -> Result<ImageSamples> {
     check_job(job, ids)?;
+    // The classes the labels choose among: the model's or the classifier's. Neither conditioned
+    // nor guided, a label is only recorded with the samples (`class`, or 0).
     let classes = if unet.num_classes > 0 {
-        unet.num_classes
-    } else if let Some(g) = guidance {
-        g.num_classes()
+        Some(unet.num_classes)
     } else {
-        // Neither conditioned nor guided: a label is only recorded with the samples.
-        class.map_or(1, |c| c + 1)
+        guidance.map(ClassifierGuidance::num_classes)
     };
     if let (Some(g), true) = (guidance, unet.num_classes > 0)
         && g.num_classes() != unet.num_classes
@@ -120,7 +119,10 @@ pub fn sample_images(
     let mut labels = Vec::with_capacity(ids.len());
     let mut first_batch = None;
     for (b, chunk) in ids.chunks(job.batch_size).enumerate() {
-        let y = class_labels(chunk, classes, class, job.seed, device)?;
+        let y = match classes {
+            Some(classes) => class_labels(chunk, classes, class, job.seed, device)?,
+            None => Tensor::full([chunk.len()], class.unwrap_or(0) as i64, device),
+        };
         labels.extend(y.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default());
         let net = ConditionalUnet { unet, labels: (unet.num_classes > 0).then(|| y.clone()) };
         let report = |evaluations| {

@@ -19,7 +19,7 @@ use crate::error::{Result, SampleError};
 use crate::noise::{INITIAL_STEP, NoiseSource};
 pub use crate::step::{Denoiser, Guidance, Predictor};
 use crate::step::{
-    PcNoise, StepOptions, ancestral_step, ddim_inversion_step, ddim_sigma, ddim_step, langevin_step,
+    PcNoise, StepOptions, ancestral_step, ddim_adds_noise, ddim_inversion_step, ddim_step, langevin_step,
     model_output, norms, per_sample, predict, predictor_corrector_step,
 };
 
@@ -226,6 +226,12 @@ pub fn sample_with<const D: usize>(
     // DPM-Solver++ over every step of this (respaced) process: ᾱ at a kept step is the
     // original's, so σ and the model timesteps are those of the original steps.
     let mut dpm = match method {
+        Method::DpmSolver { .. } if guidance.is_some() => {
+            return Err(SampleError::InvalidOption(
+                "classifier guidance is not available with DPM-Solver++ (use ddpm, ddim, langevin or pc)"
+                    .into(),
+            ));
+        }
         Method::DpmSolver { order, algorithm } => Some((
             DpmSolver::new(diffusion, (0..num_t).rev().collect(), order, algorithm, diffusion.config().mean)?,
             DpmState::default(),
@@ -253,8 +259,7 @@ pub fn sample_with<const D: usize>(
             }
             Method::Ddim { eta } => {
                 let m = model_output(diffusion, model, x.clone(), i)?;
-                let noisy = i > 0 && ddim_sigma(diffusion, i, eta) > 0.0;
-                let n = if noisy { Some(z(step_key(i, 0))?) } else { None };
+                let n = if ddim_adds_noise(diffusion, i, eta) { Some(z(step_key(i, 0))?) } else { None };
                 let s = ddim_step(diffusion, x, i, m, eta, n, &step_options)?;
                 x = s.sample;
                 s.pred_x0
@@ -281,7 +286,7 @@ pub fn sample_with<const D: usize>(
             Method::PredictorCorrector { predictor, corrector_steps, snr } => {
                 let needs = match predictor {
                     Predictor::Ddpm => i > 0,
-                    Predictor::Ddim { eta } => i > 0 && ddim_sigma(diffusion, i, eta) > 0.0,
+                    Predictor::Ddim { eta } => ddim_adds_noise(diffusion, i, eta),
                 };
                 let pc_noise = PcNoise {
                     corrector: (0..corrector_steps).map(|j| z(step_key(i, j + 1))).collect::<Result<_>>()?,

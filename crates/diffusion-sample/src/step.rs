@@ -280,8 +280,8 @@ impl At {
         self.idx.iter().all(|&i| i == first).then_some(first)
     }
 
-    /// Adds `scale · noise` to `mean` for the samples where `scale_is_zero(i)` is false
-    /// (the reference's `nonzero_mask`); needs the noise only if such a sample exists.
+    /// Adds `scale(noise)` to `mean` for the samples where `zero(i)` is false (the reference's
+    /// `nonzero_mask`); needs the noise only if such a sample exists.
     fn add_noise<const D: usize>(
         &self,
         step: &'static str,
@@ -394,13 +394,23 @@ pub fn condition_score<const D: usize>(
     grad: Tensor<D>,
 ) -> Result<PMeanVariance<D>> {
     let at = At::new(d, &x, t)?;
+    condition_score_at(d, p, x, &at, grad)
+}
+
+fn condition_score_at<const D: usize>(
+    d: &GaussianDiffusion,
+    p: &PMeanVariance<D>,
+    x: Tensor<D>,
+    at: &At,
+    grad: Tensor<D>,
+) -> Result<PMeanVariance<D>> {
     same_shape("p's x̂_0", &p.pred_x0, x.dims())?;
     same_shape("the guidance gradient", &grad, x.dims())?;
     let ab = &d.tables().alphas_cumprod;
     let eps = d.predict_eps_from_x0(x.clone(), at.t.clone(), p.pred_x0.clone())
         - at.mul(grad, |i| (1.0 - ab[i] as f32).sqrt());
     let pred_x0 = d.predict_x0_from_eps(x.clone(), at.t.clone(), eps);
-    let mean = d.q_posterior_mean_variance(pred_x0.clone(), x, at.t).mean;
+    let mean = d.q_posterior_mean_variance(pred_x0.clone(), x, at.t.clone()).mean;
     Ok(PMeanVariance { mean, variance: p.variance.clone(), log_variance: p.log_variance.clone(), pred_x0 })
 }
 
@@ -428,7 +438,7 @@ fn predict_at<const D: usize>(
     let mut p = d.p_mean_variance(model_output, x.clone(), at.t.clone(), options.clip_denoised);
     if let Some(g) = options.guidance {
         let grad = g.gradient(x.clone(), d.model_timesteps(at.t.clone()));
-        p = condition_score(d, &p, x.clone(), Timesteps::PerSample(at.idx.clone()), grad)?;
+        p = condition_score_at(d, &p, x.clone(), at, grad)?;
     }
     let eps = d.predict_eps_from_x0(x, at.t.clone(), p.pred_x0.clone());
     Ok(Prediction { eps, pred_x0: p.pred_x0.clone(), p })
@@ -457,19 +467,17 @@ pub fn ancestral_step<const D: usize>(
     Ok(AncestralStep { sample, pred_x0: p.pred_x0, mean, variance: p.variance, log_variance: p.log_variance })
 }
 
-/// DDIM's σ_t for η (Song et al. 2021, Eq. 16): η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}).
-pub fn ddim_sigma(d: &GaussianDiffusion, t: usize, eta: f64) -> f64 {
-    let tb = d.tables();
-    let (ab, ab_prev) = (tb.alphas_cumprod[t], tb.alphas_cumprod_prev[t]);
-    eta * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt()
-}
-
-/// [`ddim_sigma`] in f32 from the f32 table entries, as the step uses it (and the reference
-/// computes it).
-fn ddim_sigma_f32(d: &GaussianDiffusion, t: usize, eta: f64) -> f32 {
+/// DDIM's σ_t for η (Song et al. 2021, Eq. 16): η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}),
+/// in f32 from the f32 table entries, as [`ddim_step`] uses it (and the reference computes it).
+pub fn ddim_sigma(d: &GaussianDiffusion, t: usize, eta: f64) -> f32 {
     let tb = d.tables();
     let (ab, ab_prev) = (tb.alphas_cumprod[t] as f32, tb.alphas_cumprod_prev[t] as f32);
     eta as f32 * ((1.0 - ab_prev) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_prev).sqrt()
+}
+
+/// Whether the DDIM step at `t` adds noise (σ_t > 0, t > 0): the step and the loops ask this.
+pub(crate) fn ddim_adds_noise(d: &GaussianDiffusion, t: usize, eta: f64) -> bool {
+    t > 0 && ddim_sigma(d, t, eta) > 0.0
 }
 
 fn check_eta(eta: f64) -> Result<()> {
@@ -496,11 +504,11 @@ pub fn ddim_step<const D: usize>(
     let at = At::new(d, &x, t)?;
     let pred = predict_at(d, x, &at, model_output, options)?;
     let abp = &d.tables().alphas_cumprod_prev;
-    let sigma = |i: usize| ddim_sigma_f32(d, i, eta);
+    let sigma = |i: usize| ddim_sigma(d, i, eta);
     let mean = at.mul(pred.pred_x0.clone(), |i| (abp[i] as f32).sqrt())
         + at.mul(pred.eps.clone(), |i| (1.0 - abp[i] as f32 - sigma(i).powi(2)).max(0.0).sqrt());
     let sample =
-        at.add_noise("ddim_step", mean, |z| at.mul(z, sigma), noise, |i| i == 0 || sigma(i) == 0.0)?;
+        at.add_noise("ddim_step", mean, |z| at.mul(z, sigma), noise, |i| !ddim_adds_noise(d, i, eta))?;
     Ok(DdimStep { sample, pred_x0: pred.pred_x0, eps: pred.eps })
 }
 
@@ -606,11 +614,11 @@ pub fn langevin_step<const D: usize>(
     let ab = &d.tables().alphas_cumprod;
     let ve = |a: f64| (1.0 - a) / a;
     let alpha = |i: usize| step_scale * ve(ab[i]) / ve(ab[0]);
-    let sqrt_ab: Tensor<D> = at.coef(|i| ab[i].sqrt() as f32);
-    let score = score_at(d, model, y.clone() * sqrt_ab.clone(), &at, options)?;
+    let sqrt_ab = |i: usize| ab[i].sqrt() as f32;
+    let score = score_at(d, model, at.mul(y.clone(), sqrt_ab), &at, options)?;
     let sample = y
-        + score.clone() * sqrt_ab * at.coef::<D>(|i| (alpha(i) / 2.0) as f32)
-        + noise * at.coef::<D>(|i| alpha(i).sqrt() as f32);
+        + at.mul(at.mul(score.clone(), sqrt_ab), |i| (alpha(i) / 2.0) as f32)
+        + at.mul(noise, |i| alpha(i).sqrt() as f32);
     Ok(LangevinStep { sample, score })
 }
 

@@ -109,3 +109,24 @@ fn bad_step_inputs_are_errors() {
     let e = ddim_step(&d, x.clone(), 5, x.clone(), -1.0, None, &opts).unwrap_err().to_string();
     assert!(e.contains("η must be"), "{e}");
 }
+
+/// Classifier guidance with DPM-Solver++ is refused, not silently ignored.
+#[test]
+fn guidance_with_dpm_solver_is_an_error() {
+    use burn::tensor::Tensor;
+    use diffusion_core::GaussianDiffusion;
+    use diffusion_sample::dpm_solver::DpmAlgorithm;
+    use diffusion_sample::{Guidance, Method, NoiseSource, SampleOptions, sample};
+    let dev = Device::flex();
+    let d = GaussianDiffusion::from_schedule(&BetaSchedule::Cosine { num_timesteps: 10 }, Default::default())
+        .unwrap();
+    let model = |x: Tensor<2>, _t: Tensor<1>| x.zeros_like();
+    let guidance = |x: Tensor<2>, _t: Tensor<1>| x.zeros_like();
+    let method = Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp };
+    let run = |g: Option<&dyn Guidance<2>>| {
+        sample(&d, &model, &[0, 1], [1, 2], &NoiseSource::new(0), method, &SampleOptions::default(), g, &dev)
+    };
+    let err = run(Some(&guidance)).unwrap_err().to_string();
+    assert!(err.contains("not available with DPM-Solver++"), "{err}");
+    assert!(run(None).is_ok());
+}
