@@ -46,6 +46,10 @@ pub struct DpmSolver {
     pub prediction: ModelMean,
     /// Lower orders for the last steps when there are fewer than 15 (diffusers' default).
     pub lower_order_final: bool,
+    /// Clip each data prediction x̂_0 to [−1, 1] (the reference's `clip_denoised`, for pixel
+    /// data; off by default, as diffusers without thresholding — with an imperfect ε-network on a
+    /// cosine schedule, x̂_0 at the first steps is ε̂/√ᾱ amplified by up to 2·10⁴).
+    pub clip_denoised: bool,
 }
 
 /// The solver's memory between steps.
@@ -140,7 +144,15 @@ impl DpmSolver {
             })
             .collect();
         sigmas.push(0.0);
-        Ok(Self { timesteps, sigmas, order, algorithm, prediction, lower_order_final: true })
+        Ok(Self {
+            timesteps,
+            sigmas,
+            order,
+            algorithm,
+            prediction,
+            lower_order_final: true,
+            clip_denoised: false,
+        })
     }
 
     /// Steps of the run.
@@ -196,6 +208,7 @@ impl DpmSolver {
             });
         }
         let m0 = self.data_prediction(k, x.clone(), model_output);
+        let m0 = if self.clip_denoised { m0.clamp(-1.0, 1.0) } else { m0 };
         state.outputs.push(m0.clone());
         if state.outputs.len() > self.order {
             state.outputs.remove(0);

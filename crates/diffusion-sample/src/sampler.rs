@@ -232,10 +232,17 @@ pub fn sample_with<const D: usize>(
                     .into(),
             ));
         }
-        Method::DpmSolver { order, algorithm } => Some((
-            DpmSolver::new(diffusion, (0..num_t).rev().collect(), order, algorithm, diffusion.config().mean)?,
-            DpmState::default(),
-        )),
+        Method::DpmSolver { order, algorithm } => {
+            let mut solver = DpmSolver::new(
+                diffusion,
+                (0..num_t).rev().collect(),
+                order,
+                algorithm,
+                diffusion.config().mean,
+            )?;
+            solver.clip_denoised = options.clip_denoised;
+            Some((solver, DpmState::default()))
+        }
         _ => None,
     };
     for (k, i) in (0..num_t).rev().enumerate() {
