@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo xtask ci                                   fmt check, clippy -D warnings, tests, docs
+//! cargo xtask parity                               the backend-parity suite on wgpu (Vulkan; CI: lavapipe)
 //! cargo xtask check-gpu                            type-check the wgpu and cuda builds
 //! cargo xtask bench [criterion args…]              run the criterion benches
 //! cargo xtask bench-compare [--only a,b]           ours against PyTorch eager → docs/performance.md
@@ -34,6 +35,7 @@ fn run(args: &[String]) -> Result<(), String> {
     match cmd.as_str() {
         "ci" => ci(),
         "check-gpu" => check_gpu(),
+        "parity" => parity(),
         "bench" => {
             cargo(&[&["bench", "-p", "diffusion-benches", "--benches", "--"][..], &strs(rest)].concat(), &[])
         }
@@ -47,7 +49,7 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask ci | check-gpu | bench [args…] | bench-compare [--only CONFIGS] | <diffusion command> [--backend cpu|wgpu|vulkan|cuda] [args…]\n\
+    "usage: cargo xtask ci | parity | check-gpu | bench [args…] | bench-compare [--only CONFIGS] | <diffusion command> [--backend cpu|wgpu|vulkan|cuda] [args…]\n\
      e.g. cargo xtask schedule --schedule cosine --steps 1000 --plot cosine.png"
         .to_string()
 }
@@ -78,6 +80,7 @@ fn ci() -> Result<(), String> {
     for (package, example) in EXAMPLES {
         cargo(&["run", "--quiet", "--locked", "-p", package, "--example", example], &[])?;
     }
+    parity()?;
     // The four library crates as they would be published (dependency order; each packaged crate
     // is built on its own, against the others as packaged).
     let verify_dir = package_target_dir()?;
@@ -99,6 +102,71 @@ fn ci() -> Result<(), String> {
         &[("CARGO_TARGET_DIR", verify_dir.to_str().ok_or("the target directory is not UTF-8")?)],
     )?;
     Ok(())
+}
+
+/// The packages a software Vulkan driver comes in (Debian/Ubuntu).
+const VULKAN_PACKAGES: [&str; 3] = ["mesa-vulkan-drivers", "libvulkan1", "vulkan-tools"];
+
+/// The backend-parity suite (`crates/diffusion-parity`) and the CLI's cross-backend tests, built
+/// with the wgpu backend and run on whatever Vulkan driver the machine has — in CI Mesa's
+/// software one (lavapipe), installed here with apt when it is missing and we may (root).
+fn parity() -> Result<(), String> {
+    if !vulkan_device_listed() {
+        let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let apt = Command::new("apt-get").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !(root && apt) {
+            return Err(format!(
+                "the backend-parity suite needs a Vulkan driver, and `vulkaninfo --summary` lists none; \
+                 install one (a GPU's, or Mesa's software driver: `apt-get install {}`) and rerun",
+                VULKAN_PACKAGES.join(" ")
+            ));
+        }
+        eprintln!("xtask: no Vulkan device listed; installing {} with apt-get", VULKAN_PACKAGES.join(" "));
+        let quiet = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !quiet(&[&["install", "-y", "-q"][..], &VULKAN_PACKAGES].concat()) {
+            let _ = quiet(&["update", "-q"]);
+            if !quiet(&[&["install", "-y", "-q"][..], &VULKAN_PACKAGES].concat()) {
+                return Err(format!("`apt-get install {}` failed", VULKAN_PACKAGES.join(" ")));
+            }
+        }
+        if !vulkan_device_listed() {
+            return Err("a Vulkan driver was installed, yet `vulkaninfo --summary` lists no device".into());
+        }
+    }
+    let start = std::time::Instant::now();
+    cargo(
+        &[
+            "test",
+            "--locked",
+            "-p",
+            "diffusion-parity",
+            "-p",
+            "diffusion-cli",
+            "--features",
+            "diffusion-parity/wgpu,diffusion-cli/wgpu",
+            "--test",
+            "parity",
+            "--test",
+            "backends",
+        ],
+        &[],
+    )?;
+    eprintln!("xtask: backend-parity suite (build and run) took {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Whether `vulkaninfo --summary` runs and names at least one device.
+fn vulkan_device_listed() -> bool {
+    Command::new("vulkaninfo")
+        .arg("--summary")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("deviceName"))
 }
 
 /// The target directory of the packaging check: its own, beside the main one (kept between

@@ -56,6 +56,18 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The adapter behind a wgpu/Vulkan device (name, API, driver), acquiring it; `None` for
+    /// other devices.
+    pub fn adapter(self) -> Result<Option<String>> {
+        match self {
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu(i) => wgpu_probe::acquire(self, i, false).map(Some),
+            #[cfg(feature = "vulkan")]
+            Self::Vulkan(i) => wgpu_probe::acquire(self, i, true).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The burn device, or an error naming the Cargo feature this binary lacks.
     pub fn device(self) -> Result<Device> {
         match self {
@@ -64,11 +76,13 @@ impl DeviceSpec {
             #[cfg(feature = "wgpu")]
             Self::Wgpu(i) => {
                 use burn::tensor::DeviceKind;
+                wgpu_probe::acquire(self, i, false)?;
                 Ok(Device::wgpu(i.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu)))
             }
             #[cfg(feature = "vulkan")]
             Self::Vulkan(i) => {
                 use burn::tensor::DeviceKind;
+                wgpu_probe::acquire(self, i, true)?;
                 Ok(Device::vulkan(i.map_or(DeviceKind::DefaultDevice, DeviceKind::DiscreteGpu)))
             }
             #[cfg(feature = "cuda")]
@@ -92,6 +106,57 @@ impl DeviceSpec {
             Self::Vulkan(_) => "vulkan",
             Self::Cuda(_) => "cuda",
         }
+    }
+}
+
+/// Acquiring a wgpu adapter before burn's first operation would (which panics deep inside
+/// cubecl when there is none), so that a machine without a driver gets one clear error.
+#[cfg(feature = "wgpu")]
+mod wgpu_probe {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use anyhow::{Result, anyhow};
+    use burn_wgpu::graphics::AutoGraphicsApi;
+    use burn_wgpu::{RuntimeOptions, WgpuBackend, WgpuDevice, WgpuInitError};
+
+    /// The outcome of each device's first acquisition: an adapter is registered once per
+    /// process, and a second registration would fail.
+    static ACQUIRED: Mutex<Option<HashMap<WgpuDevice, Result<String, String>>>> = Mutex::new(None);
+
+    /// Acquires the adapter burn's `Device::wgpu`/`Device::vulkan` would use, once per process,
+    /// and describes it (name, API, driver); the error names the device and what is missing.
+    pub fn acquire(spec: super::DeviceSpec, index: Option<usize>, vulkan: bool) -> Result<String> {
+        use cubecl_wgpu::WgpuDeviceKind as Kind;
+        let kind = index.map_or(Kind::DefaultDevice, Kind::DiscreteGpu);
+        let mut device = WgpuDevice::new(kind);
+        if vulkan {
+            device = device.on(WgpuBackend::Vulkan);
+        }
+        let mut map = ACQUIRED.lock().expect("probe lock");
+        let outcome = map.get_or_insert_with(HashMap::new).entry(device.clone()).or_insert_with(|| {
+            let init = |options| -> Result<String, WgpuInitError> {
+                let setup = if vulkan {
+                    burn_wgpu::try_init_setup::<burn_wgpu::graphics::Vulkan>(&device, options)?
+                } else {
+                    burn_wgpu::try_init_setup::<AutoGraphicsApi>(&device, options)?
+                };
+                let info = setup.adapter.get_info();
+                Ok(format!(
+                    "{} ({:?}, {:?}; driver {} {})",
+                    info.name, info.backend, info.device_type, info.driver, info.driver_info
+                ))
+            };
+            RuntimeOptions::try_default().and_then(init).map_err(|e| e.to_string())
+        });
+        outcome.clone().map_err(|e| {
+            anyhow!(
+                "device {spec}: no {} adapter could be acquired ({e}). On Linux this needs a Vulkan \
+                 driver and loader: a GPU's, or Mesa's software one (Debian/Ubuntu: `apt-get install \
+                 mesa-vulkan-drivers libvulkan1`); `vulkaninfo --summary` lists what is installed",
+                if vulkan { "Vulkan" } else { "wgpu" }
+            )
+        })
     }
 }
 

@@ -143,6 +143,9 @@ fn run() -> Result<()> {
                 physical_cores().map(|n| n.to_string()).unwrap_or_else(|| "unknown".into())
             )?;
             let device = cli.device.device()?;
+            if let Some(adapter) = cli.device.adapter()? {
+                writeln!(out, "{}: adapter {adapter}", cli.device)?;
+            }
             let x = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
             let sum: f32 = x.sum().into_scalar();
             writeln!(out, "{}: {device:?} ok (1 + 2 + 3 = {sum})", cli.device)?;

@@ -62,6 +62,7 @@ pub mod likelihood;
 pub mod noise;
 pub mod respace;
 pub mod schedule;
+pub mod sync;
 pub mod tables;
 pub mod timestep_sampler;
 

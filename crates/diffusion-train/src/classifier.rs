@@ -395,8 +395,8 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
     });
     let ad = if device.is_autodiff() { device.clone() } else { device.clone().autodiff() };
     ad.seed(cfg.seed);
-    let trainer =
-        ClassifierTrainer { net: cfg.model.try_init(&ad)?, shared: shared.clone(), noised: cfg.noised };
+    let net = crate::trainer::init_seeded(cfg.seed, &ad, |host| Ok(cfg.model.try_init(host)?))?;
+    let trainer = ClassifierTrainer { net, shared: shared.clone(), noised: cfg.noised };
     let learner = Learner::new(trainer, adamw(&cfg.optim), DiffusionLr::new(&cfg.optim));
     let plain = opts.progress.plain();
     let log = Arc::new(RunLog::open(&run_dir, resume.as_ref().map(|r| r.0), cfg.steps, plain)?);

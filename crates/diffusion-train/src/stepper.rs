@@ -69,13 +69,42 @@ impl Stepper {
     /// One optimiser step (forward, loss, backward, clipping, AdamW, EMA) on the next batch;
     /// returns the batch's mean loss.
     pub fn step(&mut self) -> f32 {
+        self.step_report().loss
+    }
+
+    /// [`step`](Self::step), reporting the loss, the per-example losses and the gradient norm.
+    pub fn step_report(&mut self) -> StepReport {
         let batch = self.batches[self.next % self.batches.len()].clone();
         self.next += 1;
         let trainer = self.trainer.take().expect("a trainer");
         let out = TrainStep::step(&trainer, batch);
-        let loss = out.item.record.loss.iter().sum::<f32>() / out.item.record.loss.len().max(1) as f32;
+        let record = out.item.record.clone();
         let trainer = TrainStep::optimize(trainer, &mut self.optim, self.lr.into(), out.grads);
         self.trainer = Some(trainer);
-        loss
+        let grad_norm = record.grad_norm.lock().expect("grad norm").unwrap_or(f64::NAN);
+        StepReport {
+            loss: record.loss.iter().sum::<f32>() / record.loss.len().max(1) as f32,
+            losses: record.loss.clone(),
+            timesteps: record.timesteps.clone(),
+            grad_norm,
+        }
     }
+
+    /// The online network, as the last step left it.
+    pub fn network(&self) -> &Net {
+        &self.trainer.as_ref().expect("a trainer").net
+    }
+}
+
+/// What one [`Stepper::step_report`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Mean loss of the batch (before importance weights).
+    pub loss: f32,
+    /// Per-example losses.
+    pub losses: Vec<f32>,
+    /// The timestep of each example.
+    pub timesteps: Vec<usize>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
 }

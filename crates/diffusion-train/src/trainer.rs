@@ -67,6 +67,42 @@ impl Net {
     }
 }
 
+/// Builds modules with the initial weights of `seed` — the same on every backend — and moves
+/// them to `device`.
+///
+/// burn draws initial weights from the generator of the device they are created on, and each
+/// backend has its own (wgpu's gives other numbers than the CPU's for the same seed), and it
+/// draws them lazily, at a parameter's first use, so the order in which a forward pass touches
+/// them (fused kernels or composite ops) would change them too. Here `build` runs on burn's CPU
+/// backend seeded with `seed`, every parameter is drawn at once in visiting order, and the
+/// modules then move to `device` (as tracked leaves on an autodiff device): a run starts from the
+/// same weights wherever it runs.
+pub fn init_seeded<M: Module>(
+    seed: u64,
+    device: &Device,
+    build: impl FnOnce(&Device) -> Result<M>,
+) -> Result<M> {
+    struct Materialise;
+    impl ModuleVisitor for Materialise {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    struct Track;
+    impl burn::module::ModuleMapper for Track {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| t.autodiff().require_grad())
+        }
+    }
+    let host = Device::flex();
+    host.seed(seed);
+    let modules = build(&host)?;
+    modules.visit(&mut Materialise);
+    let modules = modules.to_device(device);
+    // Moved onto an autodiff device, the parameters become leaves of its graph again.
+    Ok(if device.is_autodiff() { modules.map(&mut Track) } else { modules })
+}
+
 /// The timestep sampler of a run.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -215,14 +251,17 @@ pub struct DiffusionTrainer {
 impl DiffusionTrainer {
     pub(crate) fn new(cfg: &TrainConfig, device: &Device, shared: Arc<Shared>) -> Result<Self> {
         device.seed(cfg.seed);
-        let net = Net::init(&cfg.model, device)?;
-        // Fresh modules (fresh parameter ids, so the optimiser never touches them) holding the
-        // online weights.
-        let ema = cfg
-            .ema_rates
-            .iter()
-            .map(|_| Net::init(&cfg.model, device).map(|e| ema_update(e, &net, 0.0)))
-            .collect::<Result<Vec<_>>>()?;
+        let (net, ema) = init_seeded(cfg.seed, device, |host| {
+            let net = Net::init(&cfg.model, host)?;
+            // Fresh modules (fresh parameter ids, so the optimiser never touches them) holding
+            // the online weights.
+            let ema = cfg
+                .ema_rates
+                .iter()
+                .map(|_| Net::init(&cfg.model, host).map(|e| ema_update(e, &net, 0.0)))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((net, ema))
+        })?;
         Ok(Self { net, ema, shared })
     }
 

@@ -47,6 +47,7 @@ const KERNELS: usize = 7;
 
 thread_local! {
     static RUNS: [std::cell::Cell<u64>; KERNELS] = const { [const { std::cell::Cell::new(0) }; KERNELS] };
+    static KERNELS_ON: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
 }
 
 /// How many times the calling thread has taken `kernel`'s fused path (rather than the composite
@@ -55,6 +56,34 @@ thread_local! {
 /// threads do not count), so concurrent tests do not see each other's calls.
 pub fn kernel_runs(kernel: Kernel) -> u64 {
     RUNS.with(|r| r[kernel as usize].get())
+}
+
+/// Turns this layer's fused kernels on or off for the calling thread (they are on by default);
+/// returns the previous setting. With them off, every op runs burn's composite ops, as on a
+/// device without kernels: the reference path that the kernels are tested against, and what a
+/// backend-parity test compares another device with. A network's forward pass decides per op, on
+/// the thread that calls it, so the setting covers the backward pass of the graph it builds.
+pub fn set_kernels_enabled(enabled: bool) -> bool {
+    KERNELS_ON.with(|k| k.replace(enabled))
+}
+
+/// Whether this layer's fused kernels are on for the calling thread (see [`set_kernels_enabled`]);
+/// also false in a build without the `cpu-kernels` feature.
+pub fn kernels_enabled() -> bool {
+    cfg!(feature = "cpu-kernels") && KERNELS_ON.with(|k| k.get())
+}
+
+/// Runs `f` with this layer's fused kernels off on the calling thread (see
+/// [`set_kernels_enabled`]), restoring the previous setting afterwards, even on a panic.
+pub fn with_composite_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_kernels_enabled(self.0);
+        }
+    }
+    let _restore = Restore(set_kernels_enabled(false));
+    f()
 }
 
 #[cfg(feature = "cpu-kernels")]
@@ -75,7 +104,9 @@ pub fn norm_scale_shift_silu(
     apply_silu: bool,
 ) -> Tensor<4> {
     #[cfg(feature = "cpu-kernels")]
-    if let Some(y) = cpu::fused(norm, &x, scale_shift.as_ref(), apply_silu) {
+    if kernels_enabled()
+        && let Some(y) = cpu::fused(norm, &x, scale_shift.as_ref(), apply_silu)
+    {
         return ran(Kernel::NormScaleShiftSilu, y);
     }
     norm_scale_shift_silu_composite(norm, x, scale_shift, apply_silu)
@@ -86,7 +117,7 @@ pub fn norm_scale_shift_silu(
 pub fn fused_norm_available(x: &Tensor<4>) -> bool {
     #[cfg(feature = "cpu-kernels")]
     {
-        cpu::is_plain(x) || cpu::is_autodiff(x)
+        kernels_enabled() && (cpu::is_plain(x) || cpu::is_autodiff(x))
     }
     #[cfg(not(feature = "cpu-kernels"))]
     {
@@ -116,7 +147,9 @@ pub fn norm_scale_shift_silu_composite(
 /// `[B, C_in, H, W] → [B, C_out, H_out, W_out]`.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "cpu-kernels")]
-    if let Some(y) = conv2d_kernel(conv, &x) {
+    if kernels_enabled()
+        && let Some(y) = conv2d_kernel(conv, &x)
+    {
         return ran(Kernel::Conv, y);
     }
     conv.forward(x)
@@ -126,7 +159,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 pub fn conv_kernel_available(conv: &Conv2d, x: &Tensor<4>) -> bool {
     #[cfg(feature = "cpu-kernels")]
     {
-        conv2d_padding(conv).is_some() && (cpu::is_plain(x) || cpu::is_autodiff(x))
+        kernels_enabled() && conv2d_padding(conv).is_some() && (cpu::is_plain(x) || cpu::is_autodiff(x))
     }
     #[cfg(not(feature = "cpu-kernels"))]
     {
@@ -162,7 +195,8 @@ fn conv2d_kernel(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
 /// `[B, C_in, L] → [B, C_out, L_out]`.
 pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "cpu-kernels")]
-    if conv.kernel_size == 1
+    if kernels_enabled()
+        && conv.kernel_size == 1
         && conv.stride == 1
         && conv.dilation == 1
         && conv.groups == 1
@@ -186,7 +220,8 @@ pub fn conv1d(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
 /// without autodiff, probability 0).
 pub fn dropout<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "cpu-kernels")]
-    if dropout.training.is_enabled()
+    if kernels_enabled()
+        && dropout.training.is_enabled()
         && dropout.prob > 0.0
         && dropout.prob < 1.0
         && let Some(y) = cpu::act::dropout(&x, dropout.prob)
@@ -202,7 +237,7 @@ pub fn dropout<const D: usize>(dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
 /// `h: [B, d_in]`, `a: [B, d_out]` → `[B, d_out]`.
 pub fn linear_add_silu(linear: &Linear, h: Tensor<2>, a: Tensor<2>) -> Tensor<2> {
     #[cfg(feature = "cpu-kernels")]
-    {
+    if kernels_enabled() {
         let bias = linear.bias.as_ref().map(|b| b.val());
         if let Some(y) = cpu::linear::linear_add_silu(&h, &linear.weight.val(), bias.as_ref(), &a) {
             return ran(Kernel::LinearAddSilu, y);
@@ -217,7 +252,7 @@ pub fn linear_add_silu(linear: &Linear, h: Tensor<2>, a: Tensor<2>) -> Tensor<2>
 /// `x: [B, data_dim]`, `timesteps: [B]` → `[B, out_dim]`.
 pub fn mlp(mlp: &crate::Mlp, x: Tensor<2>, timesteps: Tensor<1>) -> Tensor<2> {
     #[cfg(feature = "cpu-kernels")]
-    {
+    if kernels_enabled() {
         let layers: Vec<(Tensor<2>, Tensor<1>)> = std::iter::once(&mlp.time_proj)
             .chain(std::iter::once(&mlp.input))
             .chain(&mlp.hidden)
@@ -247,7 +282,9 @@ pub fn mlp_composite(mlp: &crate::Mlp, x: Tensor<2>, timesteps: Tensor<1>) -> Te
 /// SiLU, `x·σ(x)`, element-wise.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "cpu-kernels")]
-    if let Some(y) = cpu::act::silu(&x) {
+    if kernels_enabled()
+        && let Some(y) = cpu::act::silu(&x)
+    {
         return ran(Kernel::Silu, y);
     }
     burn::tensor::activation::silu(x)
@@ -260,7 +297,9 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `qkv: [B, 3·H·ch, L]` → `[B, H·ch, L]`.
 pub fn qkv_attention(qkv: Tensor<3>, num_heads: usize, order: AttentionOrder) -> Tensor<3> {
     #[cfg(feature = "cpu-kernels")]
-    if let Some(a) = cpu::attention::qkv_attention(&qkv, num_heads, order) {
+    if kernels_enabled()
+        && let Some(a) = cpu::attention::qkv_attention(&qkv, num_heads, order)
+    {
         return ran(Kernel::Attention, a);
     }
     qkv_attention_composite(qkv, num_heads, order)
