@@ -140,6 +140,24 @@ fn parity() -> Result<(), String> {
         }
     }
     let start = std::time::Instant::now();
+    let features = "diffusion-parity/wgpu,diffusion-cli/wgpu";
+    cargo(
+        &[
+            "clippy",
+            "--locked",
+            "-p",
+            "diffusion-parity",
+            "-p",
+            "diffusion-cli",
+            "--features",
+            features,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     cargo(
         &[
             "test",
@@ -149,13 +167,15 @@ fn parity() -> Result<(), String> {
             "-p",
             "diffusion-cli",
             "--features",
-            "diffusion-parity/wgpu,diffusion-cli/wgpu",
+            features,
             "--test",
             "parity",
             "--test",
             "backends",
         ],
-        &[],
+        // Autotune benchmarks every kernel variant on first use: on a software driver that costs
+        // more than it saves in a short test, and the suite checks numbers, not speed.
+        &[("CUBECL_AUTOTUNE_LEVEL", "minimal")],
     )?;
     eprintln!("xtask: backend-parity suite (build and run) took {:.0} s", start.elapsed().as_secs_f64());
     Ok(())

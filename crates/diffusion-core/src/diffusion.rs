@@ -17,7 +17,9 @@
 //!
 //! Timesteps are 0-based: `t = 0` is the first noising step (x_1 in the papers' 1-based notation).
 
-use burn::tensor::{Int, Tensor, TensorData};
+use std::fmt;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -205,6 +207,50 @@ pub struct GaussianDiffusion {
     config: DiffusionConfig,
     timestep_map: Vec<usize>,
     original_num_timesteps: usize,
+    uploaded: Uploaded,
+}
+
+/// The `f32` tables already uploaded, per device: a coefficient gather reuses them instead of
+/// uploading a T-length table for every call. Keyed by the table's values (so computed tables
+/// are found too), at most [`Uploaded::CAPACITY`] of them; a clone starts empty.
+#[derive(Default)]
+struct Uploaded(std::sync::Mutex<Vec<(Device, Vec<f64>, Tensor<1>)>>);
+
+impl Uploaded {
+    const CAPACITY: usize = 64;
+
+    fn get(&self, table: &[f64], device: &Device) -> Tensor<1> {
+        let mut cache = self.0.lock().expect("upload cache");
+        if let Some((_, _, t)) = cache.iter().find(|(d, v, _)| d == device && v.as_slice() == table) {
+            return t.clone();
+        }
+        let values: Vec<f32> = table.iter().map(|&v| v as f32).collect();
+        let n = values.len();
+        let t = Tensor::<1>::from_data(TensorData::new(values, [n]), device);
+        if cache.len() == Self::CAPACITY {
+            cache.remove(0);
+        }
+        cache.push((device.clone(), table.to_vec(), t.clone()));
+        t
+    }
+}
+
+impl Clone for Uploaded {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Uploaded {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Uploaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uploaded({} tables)", self.0.lock().map(|c| c.len()).unwrap_or(0))
+    }
 }
 
 impl GaussianDiffusion {
@@ -215,7 +261,13 @@ impl GaussianDiffusion {
             return Err(Error::ZeroTerminalSnr);
         }
         let n = tables.num_timesteps();
-        Ok(Self { tables, config, timestep_map: (0..n).collect(), original_num_timesteps: n })
+        Ok(Self {
+            tables,
+            config,
+            timestep_map: (0..n).collect(),
+            original_num_timesteps: n,
+            uploaded: Uploaded::default(),
+        })
     }
 
     /// A process from a [`BetaSchedule`].
@@ -255,6 +307,7 @@ impl GaussianDiffusion {
             config: self.config,
             timestep_map: kept.iter().map(|&k| self.timestep_map[k]).collect(),
             original_num_timesteps: self.original_num_timesteps,
+            uploaded: Uploaded::default(),
         })
     }
 
@@ -311,10 +364,8 @@ impl GaussianDiffusion {
     /// # Shapes
     /// `[B] → [B]`.
     pub fn model_timesteps(&self, t: Tensor<1, Int>) -> Tensor<1> {
-        let map: Vec<f32> = self.timestep_map.iter().map(|&k| k as f32).collect();
-        let device = t.device();
-        let n = map.len();
-        let mapped = Tensor::<1>::from_data(TensorData::new(map, [n]), &device).select(0, t);
+        let map: Vec<f64> = self.timestep_map.iter().map(|&k| k as f64).collect();
+        let mapped = self.uploaded.get(&map, &t.device()).select(0, t);
         match self.config.timestep_scaling {
             TimestepScaling::Original => mapped,
             TimestepScaling::Rescaled1000 => mapped.mul_scalar(1000.0 / self.original_num_timesteps as f64),
@@ -322,12 +373,10 @@ impl GaussianDiffusion {
     }
 
     /// Gathers `table[t]` per sample as `f32`, shaped `[B, 1, …, 1]` to broadcast against `like`.
-    fn extract<const D: usize>(table: &[f64], t: &Tensor<1, Int>, like: [usize; D]) -> Tensor<D> {
+    fn extract<const D: usize>(&self, table: &[f64], t: &Tensor<1, Int>, like: [usize; D]) -> Tensor<D> {
         let b = t.dims()[0];
         assert_eq!(like[0], b, "the timestep batch ({b}) must match the data batch ({})", like[0]);
-        let values: Vec<f32> = table.iter().map(|&v| v as f32).collect();
-        let n = values.len();
-        let gathered = Tensor::<1>::from_data(TensorData::new(values, [n]), &t.device()).select(0, t.clone());
+        let gathered = self.uploaded.get(table, &t.device()).select(0, t.clone());
         let mut shape = [1usize; D];
         shape[0] = b;
         gathered.reshape(shape)
@@ -342,10 +391,10 @@ impl GaussianDiffusion {
         let tb = &self.tables;
         let zeros = x0.zeros_like();
         QMeanVariance {
-            mean: Self::extract(&tb.sqrt_alphas_cumprod, &t, dims) * x0,
+            mean: self.extract(&tb.sqrt_alphas_cumprod, &t, dims) * x0,
             variance: zeros.clone()
-                + Self::extract(&tb.alphas_cumprod.iter().map(|a| 1.0 - a).collect::<Vec<_>>(), &t, dims),
-            log_variance: zeros + Self::extract(&tb.log_one_minus_alphas_cumprod, &t, dims),
+                + self.extract(&tb.alphas_cumprod.iter().map(|a| 1.0 - a).collect::<Vec<_>>(), &t, dims),
+            log_variance: zeros + self.extract(&tb.log_one_minus_alphas_cumprod, &t, dims),
         }
     }
 
@@ -357,8 +406,8 @@ impl GaussianDiffusion {
     pub fn q_sample<const D: usize>(&self, x0: Tensor<D>, t: Tensor<1, Int>, noise: Tensor<D>) -> Tensor<D> {
         let dims = x0.dims();
         assert_eq!(dims, noise.dims(), "q_sample: noise must have the shape of x0");
-        Self::extract(&self.tables.sqrt_alphas_cumprod, &t, dims) * x0
-            + Self::extract(&self.tables.sqrt_one_minus_alphas_cumprod, &t, dims) * noise
+        self.extract(&self.tables.sqrt_alphas_cumprod, &t, dims) * x0
+            + self.extract(&self.tables.sqrt_one_minus_alphas_cumprod, &t, dims) * noise
     }
 
     /// The posterior q(x_{t−1}∣x_t, x_0) (Ho et al. 2020, Eqs. 6–7).
@@ -376,10 +425,10 @@ impl GaussianDiffusion {
         let tb = &self.tables;
         let zeros = x_t.zeros_like();
         Posterior {
-            mean: Self::extract(&tb.posterior_mean_coef1, &t, dims) * x0
-                + Self::extract(&tb.posterior_mean_coef2, &t, dims) * x_t,
-            variance: zeros.clone() + Self::extract(&tb.posterior_variance, &t, dims),
-            log_variance_clipped: zeros + Self::extract(&tb.posterior_log_variance_clipped, &t, dims),
+            mean: self.extract(&tb.posterior_mean_coef1, &t, dims) * x0
+                + self.extract(&tb.posterior_mean_coef2, &t, dims) * x_t,
+            variance: zeros.clone() + self.extract(&tb.posterior_variance, &t, dims),
+            log_variance_clipped: zeros + self.extract(&tb.posterior_log_variance_clipped, &t, dims),
         }
     }
 
@@ -395,8 +444,8 @@ impl GaussianDiffusion {
     ) -> Tensor<D> {
         let dims = x_t.dims();
         assert_eq!(eps.dims(), dims, "predict_x0_from_eps: eps must have the shape of x_t");
-        Self::extract(&self.tables.sqrt_recip_alphas_cumprod, &t, dims) * x_t
-            - Self::extract(&self.tables.sqrt_recipm1_alphas_cumprod, &t, dims) * eps
+        self.extract(&self.tables.sqrt_recip_alphas_cumprod, &t, dims) * x_t
+            - self.extract(&self.tables.sqrt_recipm1_alphas_cumprod, &t, dims) * eps
     }
 
     /// ε̂ = (x_t/√ᾱ_t − x̂_0)/√(1/ᾱ_t − 1), the inverse of [`Self::predict_x0_from_eps`].
@@ -411,8 +460,8 @@ impl GaussianDiffusion {
     ) -> Tensor<D> {
         let dims = x_t.dims();
         assert_eq!(x0.dims(), dims, "predict_eps_from_x0: x0 must have the shape of x_t");
-        (Self::extract(&self.tables.sqrt_recip_alphas_cumprod, &t, dims) * x_t - x0)
-            / Self::extract(&self.tables.sqrt_recipm1_alphas_cumprod, &t, dims)
+        (self.extract(&self.tables.sqrt_recip_alphas_cumprod, &t, dims) * x_t - x0)
+            / self.extract(&self.tables.sqrt_recipm1_alphas_cumprod, &t, dims)
     }
 
     /// x̂_0 = (x_{t−1} − coef2 · x_t)/coef1, inverting the posterior mean.
@@ -431,7 +480,7 @@ impl GaussianDiffusion {
         let recip: Vec<f64> = tb.posterior_mean_coef1.iter().map(|c| 1.0 / c).collect();
         let ratio: Vec<f64> =
             tb.posterior_mean_coef2.iter().zip(&tb.posterior_mean_coef1).map(|(c2, c1)| c2 / c1).collect();
-        Self::extract(&recip, &t, dims) * x_prev - Self::extract(&ratio, &t, dims) * x_t
+        self.extract(&recip, &t, dims) * x_prev - self.extract(&ratio, &t, dims) * x_t
     }
 
     /// x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v̂ (Salimans & Ho 2022).
@@ -446,8 +495,8 @@ impl GaussianDiffusion {
     ) -> Tensor<D> {
         let dims = x_t.dims();
         assert_eq!(v.dims(), dims, "predict_x0_from_v: v must have the shape of x_t");
-        Self::extract(&self.tables.sqrt_alphas_cumprod, &t, dims) * x_t
-            - Self::extract(&self.tables.sqrt_one_minus_alphas_cumprod, &t, dims) * v
+        self.extract(&self.tables.sqrt_alphas_cumprod, &t, dims) * x_t
+            - self.extract(&self.tables.sqrt_one_minus_alphas_cumprod, &t, dims) * v
     }
 
     /// The velocity target v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022).
@@ -457,8 +506,8 @@ impl GaussianDiffusion {
     pub fn velocity<const D: usize>(&self, x0: Tensor<D>, t: Tensor<1, Int>, noise: Tensor<D>) -> Tensor<D> {
         let dims = x0.dims();
         assert_eq!(noise.dims(), dims, "velocity: noise must have the shape of x0");
-        Self::extract(&self.tables.sqrt_alphas_cumprod, &t, dims) * noise
-            - Self::extract(&self.tables.sqrt_one_minus_alphas_cumprod, &t, dims) * x0
+        self.extract(&self.tables.sqrt_alphas_cumprod, &t, dims) * noise
+            - self.extract(&self.tables.sqrt_one_minus_alphas_cumprod, &t, dims) * x0
     }
 
     /// Splits a network output into its mean part and, for a learned variance, its variance part
@@ -510,8 +559,8 @@ impl GaussianDiffusion {
         let (variance, log_variance) = match (self.config.variance, var_out) {
             (ModelVariance::Learned, Some(v)) => (v.clone().exp(), v),
             (ModelVariance::LearnedRange, Some(v)) => {
-                let min_log = Self::extract(&tb.posterior_log_variance_clipped, &t, dims);
-                let max_log = Self::extract(&tb.log_betas, &t, dims);
+                let min_log = self.extract(&tb.posterior_log_variance_clipped, &t, dims);
+                let max_log = self.extract(&tb.log_betas, &t, dims);
                 let frac = v.add_scalar(1.0).div_scalar(2.0);
                 let log_variance = frac.clone() * max_log + frac.neg().add_scalar(1.0) * min_log;
                 (log_variance.clone().exp(), log_variance)
@@ -519,15 +568,15 @@ impl GaussianDiffusion {
             (ModelVariance::FixedLarge, None) => {
                 let zeros = x_t.zeros_like();
                 (
-                    zeros.clone() + Self::extract(&tb.fixed_large_variance, &t, dims),
-                    zeros + Self::extract(&tb.fixed_large_log_variance, &t, dims),
+                    zeros.clone() + self.extract(&tb.fixed_large_variance, &t, dims),
+                    zeros + self.extract(&tb.fixed_large_log_variance, &t, dims),
                 )
             }
             (ModelVariance::FixedSmall, None) => {
                 let zeros = x_t.zeros_like();
                 (
-                    zeros.clone() + Self::extract(&tb.posterior_variance, &t, dims),
-                    zeros + Self::extract(&tb.posterior_log_variance_clipped, &t, dims),
+                    zeros.clone() + self.extract(&tb.posterior_variance, &t, dims),
+                    zeros + self.extract(&tb.posterior_log_variance_clipped, &t, dims),
                 )
             }
             _ => unreachable!("split_model_output returns variance channels exactly for learned variances"),

@@ -655,16 +655,16 @@ pub fn corrector_step<const D: usize>(
     same_shape("the noise", &noise, x.dims())?;
     let g = score_at(d, model, x.clone(), &at, options)?;
     let betas = &d.tables().betas;
-    // Per-sample step sizes keep each sample's path independent of the batch.
-    let steps: Vec<f32> = norms(&g)
-        .into_iter()
-        .zip(norms(&noise))
-        .zip(&at.idx)
-        .map(|((gn, zn), &i)| {
-            (2.0 * (1.0 - betas[i]) * (snr * f64::from(zn) / f64::from(gn).max(1e-12)).powi(2)) as f32
-        })
-        .collect();
-    let step: Tensor<D> = per_sample(steps, &x.device());
+    // Per-sample step sizes keep each sample's path independent of the batch; they stay on the
+    // device (no read-back), as do the norms they come from.
+    let b = x.dims()[0];
+    let mut shape = [1i32; D];
+    shape[0] = b as i32;
+    let norm = |v: &Tensor<D>| -> Tensor<D> {
+        v.clone().square().reshape([b as i32, -1]).sum_dim(1).sqrt().reshape(shape)
+    };
+    let ratio = norm(&noise) / norm(&g).clamp_min(1e-12);
+    let step = at.mul(ratio.square(), |i| (2.0 * (1.0 - betas[i]) * snr * snr) as f32);
     Ok(x + g * step.clone() + noise * step.mul_scalar(2.0).sqrt())
 }
 

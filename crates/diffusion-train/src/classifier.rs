@@ -203,11 +203,12 @@ impl ClassifierTrainer {
         let scale = if train { n as f64 / shared.batch_size as f64 } else { 1.0 };
         let loss =
             CrossEntropyLossConfig::new().init(&device).forward(logits.clone(), y.clone()).mul_scalar(scale);
-        let host =
-            |x: Tensor<1>| x.detach().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        // One read-back: the per-example losses and whether each prediction was right.
         let pred = logits.detach().argmax(1).reshape([n]);
-        let correct: Vec<bool> =
-            pred.equal(y).into_data().convert::<bool>().try_to_vec::<bool>().unwrap_or_default();
+        let right = pred.equal(y).float();
+        let host = diffusion_core::sync::read_f32(Tensor::cat(vec![per_example.detach(), right], 0));
+        let correct: Vec<bool> = host[n..].iter().map(|&c| c > 0.5).collect();
+        let per_example = host[..n].to_vec();
         StepOutput {
             loss: loss.reshape([1]),
             record: Arc::new(StepRecord {
@@ -215,12 +216,12 @@ impl ClassifierTrainer {
                 step: batch.step,
                 micro: batch.micro,
                 timesteps,
-                loss: host(per_example),
+                loss: per_example,
                 mse: None,
                 vb: None,
                 correct: Some(correct),
                 num_timesteps: num_t,
-                grad_norm: Arc::new(Mutex::new(None)),
+                grad_norm: crate::trainer::GradNorm::default(),
                 at: Instant::now(),
             }),
         }

@@ -166,7 +166,7 @@ impl RunLog {
             q[k].1 += 1;
         }
         let quart: Vec<Option<f64>> = q.iter().map(|&(s, c)| (c > 0).then(|| s / c as f64)).collect();
-        let grad_norm = *r.grad_norm.lock().expect("grad norm");
+        let grad_norm = r.grad_norm.get();
         let mut rate = None;
         if r.train {
             let mut prev = self.prev_at.lock().expect("previous time");

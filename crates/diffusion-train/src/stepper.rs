@@ -10,7 +10,7 @@ use burn::train::{Interrupter, TrainStep};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::loader::{Batch, BatchPlan, TrainLoader};
-use crate::trainer::{DiffusionTrainer, Net, SamplerState, Shared};
+use crate::trainer::{DiffusionTrainer, Net, SamplerState, Shared, StepRecord};
 
 /// A trainer and its optimiser, stepped by hand.
 pub struct Stepper {
@@ -67,13 +67,27 @@ impl Stepper {
     }
 
     /// One optimiser step (forward, loss, backward, clipping, AdamW, EMA) on the next batch;
-    /// returns the batch's mean loss.
+    /// returns the batch's mean loss. It reads the device back once (the per-example losses,
+    /// which the host checks for non-finite values before the update), and not for the gradient
+    /// norm, which stays on the device.
     pub fn step(&mut self) -> f32 {
-        self.step_report().loss
+        let record = self.advance();
+        record.loss.iter().sum::<f32>() / record.loss.len().max(1) as f32
     }
 
-    /// [`step`](Self::step), reporting the loss, the per-example losses and the gradient norm.
+    /// [`step`](Self::step), reporting the loss, the per-example losses and the gradient norm
+    /// (one more read-back, for the norm).
     pub fn step_report(&mut self) -> StepReport {
+        let record = self.advance();
+        StepReport {
+            loss: record.loss.iter().sum::<f32>() / record.loss.len().max(1) as f32,
+            losses: record.loss.clone(),
+            timesteps: record.timesteps.clone(),
+            grad_norm: record.grad_norm.get().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn advance(&mut self) -> Arc<StepRecord> {
         let batch = self.batches[self.next % self.batches.len()].clone();
         self.next += 1;
         let trainer = self.trainer.take().expect("a trainer");
@@ -81,13 +95,7 @@ impl Stepper {
         let record = out.item.record.clone();
         let trainer = TrainStep::optimize(trainer, &mut self.optim, self.lr.into(), out.grads);
         self.trainer = Some(trainer);
-        let grad_norm = record.grad_norm.lock().expect("grad norm").unwrap_or(f64::NAN);
-        StepReport {
-            loss: record.loss.iter().sum::<f32>() / record.loss.len().max(1) as f32,
-            losses: record.loss.clone(),
-            timesteps: record.timesteps.clone(),
-            grad_norm,
-        }
+        record
     }
 
     /// The online network, as the last step left it.

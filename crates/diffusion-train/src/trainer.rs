@@ -157,7 +157,7 @@ pub(crate) struct Shared {
     pub failure: Mutex<Option<Failure>>,
     pub interrupter: Interrupter,
     /// The gradient-norm slot of the newest training item (filled by `optimize`).
-    pub grad_norm_slot: Mutex<Option<Arc<Mutex<Option<f64>>>>>,
+    pub grad_norm_slot: Mutex<Option<GradNorm>>,
     pub noise: NoiseSource,
     pub seed: u64,
     pub micro_per_step: usize,
@@ -219,14 +219,15 @@ impl Shared {
         true
     }
 
-    /// Global gradient norm (clipping it when configured), recorded for the newest item.
+    /// Global gradient norm (clipping it when configured), recorded for the newest item — all on
+    /// the device: nothing is read back here (the log reads the norm when it writes the row).
     pub fn clip_and_record<M: Module>(&self, module: &M, grads: &mut GradientsParams) {
-        let norm = match self.grad_clip {
-            Some(c) => clip_grad_norm(module, grads, c),
-            None => global_grad_norm(module, grads),
-        };
+        let Some(sq) = grad_sq_sum(module, grads) else { return };
+        if let Some(c) = self.grad_clip {
+            clip_by(module, grads, &sq, c);
+        }
         if let Some(slot) = self.grad_norm_slot.lock().expect("slot lock").as_ref() {
-            *slot.lock().expect("grad norm") = Some(norm);
+            slot.set_squared(sq);
         }
     }
 }
@@ -310,12 +311,18 @@ impl DiffusionTrainer {
         // its share of the batch so that accumulated gradients are the full batch's.
         let scale = if train { n as f64 / shared.batch_size as f64 } else { 1.0 };
         let loss = (out.loss.clone() * w).mean().mul_scalar(scale);
-        let host = |x: &Tensor<1>| -> Vec<f32> {
-            x.clone().detach().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
-        };
-        let per_example = host(&out.loss);
-        let mse = out.mse.as_ref().map(host);
-        let vb = out.vb.as_ref().map(host);
+        // One read-back for the per-example loss and its terms: the host needs them now, to stop
+        // before a non-finite loss reaches the weights and to feed the importance sampler.
+        let parts: Vec<Tensor<1>> = std::iter::once(&out.loss)
+            .chain(out.mse.as_ref())
+            .chain(out.vb.as_ref())
+            .map(|x| x.clone().detach())
+            .collect();
+        let host = diffusion_core::sync::read_f32(Tensor::cat(parts, 0));
+        let mut chunks = host.chunks(n).map(<[f32]>::to_vec);
+        let per_example = chunks.next().unwrap_or_default();
+        let mse = out.mse.as_ref().map(|_| chunks.next().unwrap_or_default());
+        let vb = out.vb.as_ref().map(|_| chunks.next().unwrap_or_default());
         StepOutput {
             loss,
             record: Arc::new(StepRecord {
@@ -328,7 +335,7 @@ impl DiffusionTrainer {
                 vb,
                 correct: None,
                 num_timesteps: shared.diffusion.num_timesteps(),
-                grad_norm: Arc::new(Mutex::new(None)),
+                grad_norm: GradNorm::default(),
                 at: Instant::now(),
             }),
         }
@@ -357,7 +364,7 @@ pub struct StepRecord {
     /// T.
     pub num_timesteps: usize,
     /// Global gradient norm of the optimiser step this microbatch completed (training only).
-    pub grad_norm: Arc<Mutex<Option<f64>>>,
+    pub grad_norm: GradNorm,
     /// When the step finished.
     pub at: Instant,
 }
@@ -389,53 +396,109 @@ impl Adaptor<Arc<StepRecord>> for StepOutput {
     }
 }
 
-/// Sums the squared gradients on the device; one read-back for the whole module.
-struct GradNorm<'a> {
-    grads: &'a GradientsParams,
-    sum: Option<Tensor<1>>,
+/// The global gradient norm of one optimiser step, kept on the device until it is first read
+/// (by the log, on its own thread, or by a test), then cached: the training thread never waits
+/// for it.
+#[derive(Clone, Default)]
+pub struct GradNorm(Arc<Mutex<NormState>>);
+
+#[derive(Default)]
+enum NormState {
+    #[default]
+    Unset,
+    Squared(Box<Tensor<1>>),
+    Read(f64),
 }
 
-impl ModuleVisitor for GradNorm<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = (g.clone() * g).sum();
-            self.sum = Some(match self.sum.take() {
-                Some(acc) => acc + s,
-                None => s,
-            });
+impl GradNorm {
+    /// Records Σ g² (a `[1]` tensor on the training device).
+    pub fn set_squared(&self, sq: Tensor<1>) {
+        *self.0.lock().expect("grad norm") = NormState::Squared(Box::new(sq));
+    }
+
+    /// Records a norm already on the host.
+    pub fn set(&self, norm: f64) {
+        *self.0.lock().expect("grad norm") = NormState::Read(norm);
+    }
+
+    /// The norm (reading it back on first use), or `None` before the step recorded it.
+    pub fn get(&self) -> Option<f64> {
+        let mut state = self.0.lock().expect("grad norm");
+        if let NormState::Squared(sq) = &*state {
+            let v = diffusion_core::sync::read_f32((**sq).clone()).first().copied().unwrap_or(f32::NAN);
+            *state = NormState::Read(f64::from(v).sqrt());
+        }
+        match *state {
+            NormState::Read(v) => Some(v),
+            _ => None,
         }
     }
 }
 
-struct ScaleGrads<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl ModuleVisitor for ScaleGrads<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.factor));
+impl fmt::Debug for GradNorm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0.lock().expect("grad norm") {
+            NormState::Unset => f.write_str("GradNorm(unset)"),
+            NormState::Squared(_) => f.write_str("GradNorm(on the device)"),
+            NormState::Read(v) => write!(f, "GradNorm({v})"),
         }
     }
 }
 
-/// Global L2 norm of the gradients of `module`'s parameters.
-pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
-    let mut v = GradNorm { grads, sum: None };
+/// Σ g² over `module`'s parameters, on the device (`None` without gradients).
+pub fn grad_sq_sum<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
+    struct Sum<'a> {
+        grads: &'a GradientsParams,
+        sum: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Sum<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = (g.clone() * g).sum();
+                self.sum = Some(match self.sum.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    let mut v = Sum { grads, sum: None };
     module.visit(&mut v);
-    v.sum.map(|s| f64::from(s.into_scalar::<f32>()).sqrt()).unwrap_or(0.0)
+    v.sum
+}
+
+/// Scales every gradient by PyTorch's `clip_grad_norm_` factor min(1, max_norm / (‖g‖ + 1e-6)),
+/// computed on the device from `sq` = Σ g².
+fn clip_by<M: Module>(module: &M, grads: &mut GradientsParams, sq: &Tensor<1>, max_norm: f64) {
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: Tensor<1>,
+    }
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let f = self.factor.clone().reshape([1; D]);
+                self.grads.register(param.id, g * f);
+            }
+        }
+    }
+    let factor = sq.clone().sqrt().add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0);
+    module.visit(&mut Scale { grads, factor });
+}
+
+/// Global L2 norm of the gradients of `module`'s parameters (one read-back).
+pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    grad_sq_sum(module, grads)
+        .map(|s| f64::from(diffusion_core::sync::read_f32(s).first().copied().unwrap_or(f32::NAN)).sqrt())
+        .unwrap_or(0.0)
 }
 
 /// Scales every gradient of `module` so that the global norm is at most `max_norm` (PyTorch's
-/// `clip_grad_norm_`); returns the norm before clipping.
+/// `clip_grad_norm_`); returns the norm before clipping (one read-back).
 pub fn clip_grad_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    let norm = global_grad_norm(module, grads);
-    if norm > max_norm {
-        let mut s = ScaleGrads { grads, factor: max_norm / (norm + 1e-6) };
-        module.visit(&mut s);
-    }
-    norm
+    let Some(sq) = grad_sq_sum(module, grads) else { return 0.0 };
+    clip_by(module, grads, &sq, max_norm);
+    f64::from(diffusion_core::sync::read_f32(sq).first().copied().unwrap_or(f32::NAN)).sqrt()
 }
 
 impl TrainStep for DiffusionTrainer {

@@ -5,6 +5,7 @@
 //!   on every target.
 
 mod networks;
+mod sampling;
 mod training;
 
 use std::path::PathBuf;

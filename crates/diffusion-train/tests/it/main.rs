@@ -2,6 +2,7 @@
 
 mod data;
 mod run;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

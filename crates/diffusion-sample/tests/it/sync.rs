@@ -1,0 +1,39 @@
+//! The samplers never read the device back: every step of every loop — including the
+//! predictor-corrector's per-sample step sizes and DPM-Solver's multistep state — stays on the
+//! device, so a GPU can run ahead of the host (counted by `diffusion_core::sync`).
+
+use diffusion_core::sync::host_reads;
+use diffusion_models::MlpConfig;
+use diffusion_sample::dpm_solver::DpmAlgorithm;
+use diffusion_sample::sampler::Predictor;
+use diffusion_sample::{Method, NoiseSource, SampleOptions, sample};
+
+use crate::{device, process};
+
+#[test]
+fn sampling_loops_make_no_device_to_host_reads() {
+    let dev = device();
+    let mlp = MlpConfig::new().init(&dev);
+    let d = process(10, diffusion_core::ModelVariance::FixedSmall);
+    let ids: Vec<u64> = (0..8).collect();
+    let noise = NoiseSource::new(1);
+    let options = SampleOptions { clip_denoised: true, record_every: Some(3) };
+    for method in [
+        Method::Ddpm,
+        Method::Ddim { eta: 0.0 },
+        Method::Ddim { eta: 1.0 },
+        Method::langevin(&d, 2),
+        Method::PredictorCorrector { predictor: Predictor::Ddpm, corrector_steps: 2, snr: 0.16 },
+        Method::PredictorCorrector { predictor: Predictor::Ddim { eta: 0.0 }, corrector_steps: 1, snr: 0.16 },
+        Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp },
+        Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp },
+        Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp },
+    ] {
+        let before = host_reads();
+        let out = sample(&d, &mlp, &ids, [1, 2], &noise, method, &options, None, &dev).unwrap();
+        assert_eq!(host_reads() - before, 0, "{method:?} read the device back");
+        // The count is real: reading the result is one read.
+        let _ = diffusion_core::sync::read_f32(out.sample);
+        assert_eq!(host_reads() - before, 1);
+    }
+}
