@@ -90,6 +90,7 @@ fn checkpoints_move_between_the_cpu_and_wgpu() {
     let (on_wgpu, wgpu_losses) = train("wgpu", &d);
     let (on_cpu, cpu_losses) = train("cpu", &d);
     assert_eq!(wgpu_losses.len(), cpu_losses.len(), "training rows");
+    assert!(!cpu_losses.is_empty(), "the runs logged their steps");
     for (step, (w, c)) in wgpu_losses.iter().zip(&cpu_losses).enumerate() {
         assert!(
             (w.0 - c.0).abs() <= 1e-4 * c.0.abs(),

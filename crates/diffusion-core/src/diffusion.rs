@@ -221,7 +221,10 @@ impl Uploaded {
 
     fn get(&self, table: &[f64], device: &Device) -> Tensor<1> {
         let mut cache = self.0.lock().expect("upload cache");
-        if let Some((_, _, t)) = cache.iter().find(|(d, v, _)| d == device && v.as_slice() == table) {
+        // burn's device equality ignores autodiff: a table uploaded for the training (autodiff)
+        // device must not serve the evaluation (plain) one, nor the other way round.
+        let same = |d: &Device| d == device && d.is_autodiff() == device.is_autodiff();
+        if let Some((_, _, t)) = cache.iter().find(|(d, v, _)| same(d) && v.as_slice() == table) {
             return t.clone();
         }
         let values: Vec<f32> = table.iter().map(|&v| v as f32).collect();

@@ -9,7 +9,7 @@
 //! - always: the CPU with burn's composite ops ([`diffusion_models::ops::with_composite_ops`]),
 //!   which is the code path every device without fused kernels takes;
 //! - with the `wgpu` feature: burn's wgpu device (in CI, Mesa's software Vulkan driver
-//!   lavapipe), found by [`wgpu_device`] or reported with a clear reason.
+//!   lavapipe), found by `wgpu_device` (with that feature) or reported with a clear reason.
 //!
 //! Like `diffusion-cli`, this is a leaf crate: it is the only other place that picks a backend.
 

@@ -116,13 +116,7 @@ pub fn stratified_bound<const D: usize>(
 }
 
 fn values(t: Tensor<1>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default()
-        .into_iter()
-        .map(f64::from)
-        .collect()
+    diffusion_core::sync::read_f32(t).into_iter().map(f64::from).collect()
 }
 
 /// The variational bound for continuous data (e.g. 2-D points), in nats per example (summed over
@@ -195,11 +189,13 @@ pub struct TermTotals {
 impl TermTotals {
     /// Adds one batch's bound (read back to the host once).
     pub fn add(&mut self, r: BpdBreakdown) {
-        let vals = |t: Tensor<2>| t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
         let [b, num_t] = r.vb.dims();
-        let (vb, x0m, em) = (vals(r.vb), vals(r.x0_mse), vals(r.eps_mse));
-        let tot = r.total_bpd.into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
-        let prior = r.prior_bpd.into_data().convert::<f64>().try_to_vec::<f64>().unwrap_or_default();
+        let flat = |t: Tensor<2>| t.reshape([-1]);
+        let all = Tensor::cat(vec![flat(r.vb), flat(r.x0_mse), flat(r.eps_mse), r.total_bpd, r.prior_bpd], 0);
+        let all: Vec<f64> = diffusion_core::sync::read_f32(all).into_iter().map(f64::from).collect();
+        let n = b * num_t;
+        let (vb, x0m, em) = (&all[..n], &all[n..2 * n], &all[2 * n..3 * n]);
+        let (tot, prior) = (&all[3 * n..3 * n + b], &all[3 * n + b..]);
         if self.vb.len() != num_t {
             self.vb = vec![0.0; num_t];
             self.x0_mse = vec![0.0; num_t];

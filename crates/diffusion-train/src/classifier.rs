@@ -207,8 +207,9 @@ impl ClassifierTrainer {
         let pred = logits.detach().argmax(1).reshape([n]);
         let right = pred.equal(y).float();
         let host = diffusion_core::sync::read_f32(Tensor::cat(vec![per_example.detach(), right], 0));
-        let correct: Vec<bool> = host[n..].iter().map(|&c| c > 0.5).collect();
-        let per_example = host[..n].to_vec();
+        let (per_example, right) = host.split_at(n.min(host.len()));
+        let correct: Vec<bool> = right.iter().map(|&c| c > 0.5).collect();
+        let per_example = per_example.to_vec();
         StepOutput {
             loss: loss.reshape([1]),
             record: Arc::new(StepRecord {

@@ -94,10 +94,17 @@ pub fn init_seeded<M: Module>(
             param.map(|t| t.autodiff().require_grad())
         }
     }
+    // burn's CPU generator is one per process: hold it while this build draws from it, so that
+    // concurrent builds (threads, parallel tests) cannot interleave their draws.
+    static HOST_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let host = Device::flex();
-    host.seed(seed);
-    let modules = build(&host)?;
-    modules.visit(&mut Materialise);
+    let modules = {
+        let _guard = HOST_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        host.seed(seed);
+        let modules = build(&host)?;
+        modules.visit(&mut Materialise);
+        modules
+    };
     let modules = modules.to_device(device);
     // Moved onto an autodiff device, the parameters become leaves of its graph again.
     Ok(if device.is_autodiff() { modules.map(&mut Track) } else { modules })
@@ -319,7 +326,7 @@ impl DiffusionTrainer {
             .map(|x| x.clone().detach())
             .collect();
         let host = diffusion_core::sync::read_f32(Tensor::cat(parts, 0));
-        let mut chunks = host.chunks(n).map(<[f32]>::to_vec);
+        let mut chunks = host.chunks(n.max(1)).map(<[f32]>::to_vec);
         let per_example = chunks.next().unwrap_or_default();
         let mse = out.mse.as_ref().map(|_| chunks.next().unwrap_or_default());
         let vb = out.vb.as_ref().map(|_| chunks.next().unwrap_or_default());

@@ -264,6 +264,7 @@ fn preset_network_gradients_on_every_target_equal_the_baseline() {
             assert_close(&format!("{what}: loss"), &got.0, &base.0, 1e-5);
             assert_close(&format!("{what}: dL/dx"), &got.1, &base.1, 2e-4);
             let total: f64 = base.2.iter().map(|p| p.grad_sq).sum::<f64>().sqrt();
+            assert_eq!(got.2.len(), base.2.len(), "{what}: parameter tensors");
             for (i, (a, e)) in got.2.iter().zip(&base.2).enumerate() {
                 assert_eq!(a.numel, e.numel);
                 let norm = e.grad_sq.sqrt().max(1e-2 * total);
@@ -295,7 +296,7 @@ fn host_normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) ->
     Tensor::from_data(TensorData::new(data, shape), device)
 }
 
-/// Every parameter replaced by host-generated values of its own scale (×0.1 plus its init), so
+/// Every parameter replaced by host-generated values (about 𝒩(0, 0.1²)), so
 /// that the same network exists on every device whatever each device's random generator does.
 fn randomise_from_host<M: burn::module::Module>(m: M) -> M {
     struct R(u64);

@@ -36,4 +36,13 @@ fn sampling_loops_make_no_device_to_host_reads() {
         let _ = diffusion_core::sync::read_f32(out.sample);
         assert_eq!(host_reads() - before, 1);
     }
+    // The full bound: T levels on the device, one read for the whole batch's report.
+    let x0 = noise.batch(&ids, 42, [1, 2], &dev).clamp(-1.0, 1.0);
+    let before = host_reads();
+    let bound = diffusion_sample::likelihood::full_bound(&d, &mlp, x0, &ids, &noise, true);
+    assert_eq!(host_reads() - before, 0, "the full bound read the device back");
+    let mut totals = diffusion_sample::likelihood::TermTotals::default();
+    totals.add(bound);
+    assert_eq!(host_reads() - before, 1, "its report is one read");
+    assert_eq!(totals.per_image.len(), ids.len());
 }
