@@ -140,39 +140,19 @@ fn parity() -> Result<(), String> {
         }
     }
     let start = std::time::Instant::now();
-    let features = "diffusion-parity/wgpu,diffusion-cli/wgpu";
+    // One feature set for both commands, so that clippy and the tests share one wgpu build.
+    let packages = [
+        "--locked",
+        "-p",
+        "diffusion-parity",
+        "-p",
+        "diffusion-cli",
+        "--features",
+        "diffusion-parity/wgpu,diffusion-cli/wgpu",
+    ];
+    cargo(&[&["clippy"][..], &packages, &["--all-targets", "--", "-D", "warnings"]].concat(), &[])?;
     cargo(
-        &[
-            "clippy",
-            "--locked",
-            "-p",
-            "diffusion-parity",
-            "-p",
-            "diffusion-cli",
-            "--features",
-            features,
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
-    cargo(
-        &[
-            "test",
-            "--locked",
-            "-p",
-            "diffusion-parity",
-            "-p",
-            "diffusion-cli",
-            "--features",
-            features,
-            "--test",
-            "parity",
-            "--test",
-            "backends",
-        ],
+        &[&["test"][..], &packages, &["--test", "parity", "--test", "backends"]].concat(),
         // Autotune benchmarks every kernel variant on first use: on a software driver that costs
         // more than it saves in a short test, and the suite checks numbers, not speed.
         &[("CUBECL_AUTOTUNE_LEVEL", "minimal")],
