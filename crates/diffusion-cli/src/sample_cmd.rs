@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
-use diffusion_core::{GaussianDiffusion, SeedStream};
+use diffusion_core::{GaussianDiffusion, SeedStream, TimestepSpacing};
 use diffusion_sample::checkpoint::DenoiserNetwork;
 use diffusion_sample::dpm_solver::DpmAlgorithm;
+use diffusion_sample::karras::{Churn, KarrasMethod};
+use diffusion_sample::unipc::UniPcVariant;
 use diffusion_sample::generate::{Job, Progress, sample_images, sample_points};
 use diffusion_sample::output::{save_grid_png, save_npz, to_images};
-use diffusion_sample::{Method, Predictor, SampleOptions, open_classifier};
+use diffusion_sample::{Method, Predictor, SampleOptions, StepSchedule, open_classifier};
 
 use crate::plot;
 use crate::process_args::{ProcessArgs, shard_range};
@@ -26,15 +28,37 @@ pub enum SamplerName {
     Langevin,
     /// Predictor (DDPM, or DDIM with --eta) + Langevin corrector.
     Pc,
-    /// DPM-Solver++ 2M (diffusers' default DPMSolverMultistepScheduler), over the --respace steps.
-    #[value(name = "dpm++2m")]
+    /// DPM-Solver++ 2M (diffusers' default DPMSolverMultistepScheduler): over --steps (with
+    /// --spacing, --karras) or the --respace steps.
+    #[value(name = "dpm++2m", alias = "dpmpp-2m")]
     Dpm2m,
     /// DPM-Solver++ 3M.
-    #[value(name = "dpm++3m")]
+    #[value(name = "dpm++3m", alias = "dpmpp-3m")]
     Dpm3m,
     /// SDE-DPM-Solver++ 2M (stochastic).
-    #[value(name = "sde-dpm++2m")]
+    #[value(name = "sde-dpm++2m", alias = "dpmpp-2m-sde")]
     SdeDpm2m,
+    /// UniPC (bh2, order 2, with its corrector): over --steps or the --respace steps.
+    #[value(name = "unipc")]
+    UniPc,
+    /// Euler in σ (Karras et al.), --steps network calls at fractional timesteps.
+    Euler,
+    /// Euler-ancestral (stochastic).
+    #[value(name = "euler-a")]
+    EulerA,
+    /// Heun (second order: 2 --steps − 1 network calls).
+    Heun,
+}
+
+/// Timestep spacings (Lin et al. 2023, Table 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpacingName {
+    /// Evenly from the first to the last training step.
+    Linspace,
+    /// k ⌊T/n⌋ (+ --steps-offset).
+    Leading,
+    /// From the last training step down (recommended with zero-terminal SNR).
+    Trailing,
 }
 
 /// Arguments of `diffusion sample`.
@@ -49,6 +73,22 @@ pub struct SampleArgs {
     /// Respacing: `250`, `10,15,20` or `ddim50`.
     #[arg(long)]
     pub respace: Option<String>,
+    /// Steps of the samplers that pick their own (dpm++*, unipc, euler, euler-a, heun; default 50
+    /// for euler, euler-a and heun): diffusers' `set_timesteps(N)` on the unrespaced process.
+    #[arg(long, conflicts_with = "respace")]
+    pub steps: Option<usize>,
+    /// How --steps are spaced.
+    #[arg(long, value_enum, default_value = "linspace", requires = "steps")]
+    pub spacing: SpacingName,
+    /// diffusers' `steps_offset` for --spacing leading.
+    #[arg(long, default_value_t = 0, requires = "steps")]
+    pub steps_offset: usize,
+    /// Karras σ (ρ = 7) over the --steps range instead of the spacing's own.
+    #[arg(long, requires = "steps")]
+    pub karras: bool,
+    /// Euler's churn S_churn (Karras et al.; 0: deterministic).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub s_churn: f64,
     /// DDIM's η (0: deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
@@ -148,17 +188,53 @@ fn save_trajectory(path: &std::path::Path, out: &diffusion_sample::sampler::Samp
     Ok(())
 }
 
-fn method(args: &SampleArgs, d: &GaussianDiffusion) -> Method {
-    match args.sampler {
+fn method(args: &SampleArgs, d: &GaussianDiffusion) -> Result<Method> {
+    let karras_sampler = matches!(args.sampler, SamplerName::Euler | SamplerName::EulerA | SamplerName::Heun);
+    let own_steps = karras_sampler
+        || matches!(args.sampler, SamplerName::Dpm2m | SamplerName::Dpm3m | SamplerName::SdeDpm2m | SamplerName::UniPc);
+    if args.steps.is_some() && !own_steps {
+        bail!("--steps is for dpm++2m, dpm++3m, sde-dpm++2m, unipc, euler, euler-a and heun; use --respace with {:?}", args.sampler);
+    }
+    if args.s_churn != 0.0 && args.sampler != SamplerName::Euler {
+        bail!("--s-churn is Euler's (--sampler euler)");
+    }
+    if !(args.s_churn >= 0.0 && args.s_churn.is_finite()) {
+        bail!("--s-churn must be a finite number ≥ 0, got {}", args.s_churn);
+    }
+    let schedule = match args.steps.or(if karras_sampler { Some(50) } else { None }) {
+        Some(0) => bail!("--steps must be at least 1"),
+        Some(steps) => {
+            if d.timestep_map().len() != d.original_num_timesteps() {
+                bail!("--steps picks its own steps of the process; the checkpoint's process is already respaced");
+            }
+            let spacing = match args.spacing {
+                SpacingName::Linspace => TimestepSpacing::Linspace,
+                SpacingName::Leading => TimestepSpacing::Leading { steps_offset: args.steps_offset },
+                SpacingName::Trailing => TimestepSpacing::Trailing,
+            };
+            Some(StepSchedule { steps, spacing, karras: args.karras })
+        }
+        None => None,
+    };
+    let karras = |method| Method::Karras {
+        method,
+        schedule: schedule.expect("the σ samplers always have a schedule"),
+        churn: Churn { s_churn: args.s_churn, ..Churn::default() },
+    };
+    Ok(match args.sampler {
         SamplerName::Ddpm => Method::Ddpm,
         SamplerName::Ddim => Method::Ddim { eta: args.eta },
         SamplerName::Langevin => match args.langevin_eps {
             Some(step_scale) => Method::Langevin { steps_per_level: args.langevin_steps.max(1), step_scale },
             None => Method::langevin(d, args.langevin_steps),
         },
-        SamplerName::Dpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp },
-        SamplerName::Dpm3m => Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp },
-        SamplerName::SdeDpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp },
+        SamplerName::Dpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule },
+        SamplerName::Dpm3m => Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp, schedule },
+        SamplerName::SdeDpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule },
+        SamplerName::UniPc => Method::UniPc { order: 2, variant: UniPcVariant::Bh2, schedule },
+        SamplerName::Euler => karras(KarrasMethod::Euler),
+        SamplerName::EulerA => karras(KarrasMethod::EulerAncestral),
+        SamplerName::Heun => karras(KarrasMethod::Heun),
         SamplerName::Pc => Method::PredictorCorrector {
             predictor: if args.eta > 0.0 || args.respace.as_deref().is_some_and(|r| r.starts_with("ddim")) {
                 Predictor::Ddim { eta: args.eta }
@@ -168,7 +244,7 @@ fn method(args: &SampleArgs, d: &GaussianDiffusion) -> Method {
             corrector_steps: args.langevin_steps,
             snr: args.snr,
         },
-    }
+    })
 }
 
 /// Runs the command.
@@ -188,7 +264,7 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
     let all: Vec<u64> = shard_range(args.num, args.shard.as_deref())?.collect();
     let job = Job {
         diffusion: &d,
-        method: method(args, &d),
+        method: method(args, &d)?,
         options: SampleOptions { clip_denoised: !args.no_clip, record_every: args.record_every },
         seed: args.seed,
         batch_size: args.batch_size,

@@ -375,6 +375,27 @@ impl GaussianDiffusion {
         }
     }
 
+    /// The network's time for a *fractional* step `t` of this process (σ-space samplers evaluate
+    /// the network between training steps): the respacing map interpolated linearly between
+    /// ⌊t⌋ and ⌈t⌉ (exactly `t` for a process that is not respaced), ×1000/T when the process
+    /// rescales its timesteps — [`Self::model_timesteps`] at integer `t`.
+    pub fn model_time(&self, t: f64) -> f64 {
+        let map = &self.timestep_map;
+        let last = map.len() - 1;
+        let t = t.clamp(0.0, last as f64);
+        let lo = (t.floor() as usize).min(last);
+        let w = t - lo as f64;
+        let mapped = if w == 0.0 || lo == last {
+            map[lo] as f64
+        } else {
+            map[lo] as f64 + w * (map[lo + 1] as f64 - map[lo] as f64)
+        };
+        match self.config.timestep_scaling {
+            TimestepScaling::Original => mapped,
+            TimestepScaling::Rescaled1000 => mapped * (1000.0 / self.original_num_timesteps as f64),
+        }
+    }
+
     /// Gathers `table[t]` per sample as `f32`, shaped `[B, 1, …, 1]` to broadcast against `like`.
     fn extract<const D: usize>(&self, table: &[f64], t: &Tensor<1, Int>, like: [usize; D]) -> Tensor<D> {
         let b = t.dims()[0];

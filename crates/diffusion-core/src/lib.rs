@@ -62,6 +62,7 @@ pub mod likelihood;
 pub mod noise;
 pub mod respace;
 pub mod schedule;
+pub mod sigmas;
 pub mod sync;
 pub mod tables;
 pub mod timestep_sampler;
@@ -79,6 +80,9 @@ pub use respace::{TimestepSpacing, space_timesteps, spaced_timesteps};
 pub use schedule::{
     BetaSchedule, betas_for_alpha_bar, betas_from_alphas_cumprod, cosine_betas, linear_betas,
     rescale_zero_terminal_snr,
+};
+pub use sigmas::{
+    SigmaSchedule, continuous_timesteps, interp_sigma, karras_sigmas, sigma_to_t, training_sigmas,
 };
 pub use tables::DiffusionTables;
 pub use timestep_sampler::{LossSecondMomentSampler, TimestepBatch, TimestepSampler, UniformSampler};

@@ -122,13 +122,7 @@ impl DpmSolver {
         prediction: ModelMean,
     ) -> Result<Self> {
         let bad = |m: String| Err(SampleError::InvalidOption(m));
-        let max_order = if algorithm == DpmAlgorithm::SdeDpmSolverPp { 2 } else { 3 };
-        if !(1..=max_order).contains(&order) {
-            return bad(format!("{algorithm:?} has orders 1..={max_order}, got {order}"));
-        }
-        if prediction == ModelMean::PreviousX {
-            return bad("DPM-Solver++ needs an ε, x_0 or v prediction, not x_{t−1}".into());
-        }
+        let mut solver = Self::new_unchecked(order, algorithm, prediction)?;
         if timesteps.is_empty() || timesteps.windows(2).any(|w| w[0] <= w[1]) {
             return bad("the timesteps must be non-empty and strictly decreasing".into());
         }
@@ -144,9 +138,50 @@ impl DpmSolver {
             })
             .collect();
         sigmas.push(0.0);
+        solver.timesteps = timesteps;
+        solver.sigmas = sigmas;
+        Ok(solver)
+    }
+
+    /// A solver over a σ schedule (Karras σ, say): its timesteps must be whole (those of
+    /// [`diffusion_core::SigmaSchedule::multistep`] are) and non-increasing, its σ decreasing to
+    /// the final 0.
+    pub fn from_schedule(
+        schedule: &diffusion_core::SigmaSchedule,
+        order: usize,
+        algorithm: DpmAlgorithm,
+        prediction: ModelMean,
+    ) -> Result<Self> {
+        let bad = |m: String| Err(SampleError::InvalidOption(m));
+        let n = schedule.timesteps.len();
+        if n == 0 || schedule.sigmas.len() != n + 1 {
+            return bad(format!("a schedule of {n} steps needs {} σ, got {}", n + 1, schedule.sigmas.len()));
+        }
+        if schedule.timesteps.iter().any(|&t| !(t >= 0.0 && t.fract() == 0.0)) {
+            return bad("DPM-Solver++ evaluates the network at whole timesteps".into());
+        }
+        let s = &schedule.sigmas;
+        if s[..n].iter().any(|&v| !(v.is_finite() && v > 0.0)) || s.windows(2).any(|w| w[1] >= w[0]) {
+            return bad("σ must be finite, positive and decreasing to the final 0".into());
+        }
+        let mut solver = Self::new_unchecked(order, algorithm, prediction)?;
+        solver.timesteps = schedule.timesteps.iter().map(|&t| t as usize).collect();
+        solver.sigmas = s.iter().map(|&v| v as f32).collect();
+        Ok(solver)
+    }
+
+    fn new_unchecked(order: usize, algorithm: DpmAlgorithm, prediction: ModelMean) -> Result<Self> {
+        let bad = |m: String| Err(SampleError::InvalidOption(m));
+        let max_order = if algorithm == DpmAlgorithm::SdeDpmSolverPp { 2 } else { 3 };
+        if !(1..=max_order).contains(&order) {
+            return bad(format!("{algorithm:?} has orders 1..={max_order}, got {order}"));
+        }
+        if prediction == ModelMean::PreviousX {
+            return bad("DPM-Solver++ needs an ε, x_0 or v prediction, not x_{t−1}".into());
+        }
         Ok(Self {
-            timesteps,
-            sigmas,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
             order,
             algorithm,
             prediction,

@@ -114,7 +114,7 @@ pub fn sample_images(
     let noise = NoiseSource::new(job.seed);
     let item = [1, unet.in_channels, unet.image_size, unet.image_size];
     let batches = ids.len().div_ceil(job.batch_size);
-    let per_batch = job.diffusion.num_timesteps() * job.method.evaluations_per_level();
+    let per_batch = job.method.evaluations(job.diffusion);
     let mut chunks = Vec::with_capacity(batches);
     let mut labels = Vec::with_capacity(ids.len());
     let mut first_batch = None;
@@ -162,7 +162,7 @@ pub fn sample_points(
     let dim = mlp.input.weight.dims()[0];
     let options = SampleOptions { clip_denoised: false, ..job.options.clone() };
     let batches = ids.len().div_ceil(job.batch_size);
-    let per_batch = job.diffusion.num_timesteps() * job.method.evaluations_per_level();
+    let per_batch = job.method.evaluations(job.diffusion);
     let mut chunks = Vec::with_capacity(batches);
     for (b, chunk) in ids.chunks(job.batch_size).enumerate() {
         let report = |evaluations| {

@@ -38,12 +38,14 @@ pub mod dpm_solver;
 pub mod error;
 pub mod generate;
 pub mod guidance;
+pub mod karras;
 pub mod likelihood;
 pub mod metrics;
 pub mod noise;
 pub mod output;
 pub mod sampler;
 pub mod step;
+pub mod unipc;
 
 pub use checkpoint::{
     DenoiserCheckpoint, DenoiserNetwork, open_classifier, open_denoiser, open_denoiser_as, open_denoiser_with,
@@ -52,7 +54,7 @@ pub use error::{Result, SampleError};
 pub use guidance::{ClassifierGuidance, class_labels};
 pub use noise::NoiseSource;
 pub use sampler::{
-    KeyedNoise, LoopNoise, Method, SampleOptions, SampleOutput, ddim_reverse_loop, sample, sample_from,
+    KeyedNoise, LoopNoise, Method, SampleOptions, SampleOutput, StepSchedule, ddim_reverse_loop, sample, sample_from,
     sample_with, slerp,
 };
 pub use step::{Denoiser, Guidance, Predictor, StepOptions, Timesteps};

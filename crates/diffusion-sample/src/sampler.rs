@@ -6,20 +6,25 @@
 //! | [`Method::Ddim`] | x ← √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε̂ + σ z, σ = η √((1−ᾱ_{t−1})/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}) | Song et al. 2021, Eq. 12 |
 //! | [`Method::Langevin`] | on y = x/√ᾱ_t (the variance-exploding form, σ_t² = (1−ᾱ_t)/ᾱ_t): K steps y ← y + (α_t/2) ∇log q_t(y) + √α_t z per level, α_t = ε σ_t²/σ_min², ∇_x log q_t = −ε̂/√(1−ᾱ_t) | Song & Ermon 2019, Alg. 1 |
 //! | [`Method::PredictorCorrector`] | K Langevin corrector steps with step 2 α_t (r ‖z‖/‖s‖)², then a DDPM or DDIM predictor | Song et al. 2021 (SDE), Alg. 5 |
+//! | [`Method::DpmSolver`] | DPM-Solver++ multistep / SDE ([`crate::dpm_solver`]) | Lu et al. 2022 |
+//! | [`Method::UniPc`] | UniPC predictor + corrector ([`crate::unipc`]) | Zhao et al. 2023 |
+//! | [`Method::Karras`] | Euler, Euler-ancestral, Heun in σ ([`crate::karras`]) | Karras et al. 2022, Alg. 1–2 |
 //!
 //! Classifier guidance (Dhariwal & Nichol 2021, Alg. 1 and 2): for ancestral steps the mean moves
 //! by Σ ∇log p(y|x_t); for DDIM the noise estimate becomes ε̂ − √(1−ᾱ_t) ∇log p(y|x_t). The
 //! [`Guidance`] returns the gradient already multiplied by the guidance scale.
 
-use burn::tensor::{Device, Tensor};
-use diffusion_core::GaussianDiffusion;
+use burn::tensor::{Device, Tensor, TensorData};
+use diffusion_core::{GaussianDiffusion, SigmaSchedule, TimestepSpacing};
 
-use crate::dpm_solver::{DpmAlgorithm, DpmSolver, DpmState};
+use crate::dpm_solver::{DpmAlgorithm, DpmSolver, DpmState, dpm_timesteps};
+use crate::karras::{Churn, KarrasMethod, KarrasSampler, KarrasState};
+use crate::unipc::{UniPc, UniPcState, UniPcVariant};
 use crate::error::{Result, SampleError};
 use crate::noise::{INITIAL_STEP, NoiseSource};
 pub use crate::step::{Denoiser, Guidance, Predictor};
 use crate::step::{
-    PcNoise, StepOptions, ancestral_step, ddim_adds_noise, ddim_inversion_step, ddim_step, langevin_step,
+    PcNoise, StepOptions, ancestral_step, check_output, ddim_adds_noise, ddim_inversion_step, ddim_step, langevin_step,
     model_output, norms, per_sample, predict, predictor_corrector_step,
 };
 
@@ -49,6 +54,31 @@ pub enum Method {
         order: usize,
         /// Deterministic or SDE.
         algorithm: DpmAlgorithm,
+        /// The solver's own steps of the (unrespaced) process, as diffusers picks them; `None`:
+        /// every step of the process given (respace it first).
+        schedule: Option<StepSchedule>,
+    },
+    /// UniPC multistep with its corrector (see [`crate::unipc`]), as diffusers'
+    /// `UniPCMultistepScheduler`; the last step lands on σ = 0.
+    UniPc {
+        /// Solver order (1–3; diffusers' default 2).
+        order: usize,
+        /// B(h): bh1 or bh2 (diffusers' default).
+        variant: UniPcVariant,
+        /// The solver's own steps of the (unrespaced) process; `None`: every step of the
+        /// process given.
+        schedule: Option<StepSchedule>,
+    },
+    /// Euler, Euler-ancestral or Heun in the σ parameterisation (see [`crate::karras`]), as
+    /// diffusers' Euler, EulerAncestral and Heun discrete schedulers: `schedule.steps` steps
+    /// (Heun: 2 n − 1 network calls), the network evaluated at fractional timesteps.
+    Karras {
+        /// Which sampler.
+        method: KarrasMethod,
+        /// Its steps.
+        schedule: StepSchedule,
+        /// Euler's churn (none by default).
+        churn: Churn,
     },
     /// Predictor-corrector.
     PredictorCorrector {
@@ -61,6 +91,18 @@ pub enum Method {
     },
 }
 
+/// How a sampler with its own step choice (diffusers' `set_timesteps(n)`) picks its steps of
+/// the process: `steps` of them by `spacing`, or Karras σ (ρ = 7) over the same range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StepSchedule {
+    /// Steps (network calls for every sampler but Heun).
+    pub steps: usize,
+    /// Timestep spacing.
+    pub spacing: TimestepSpacing,
+    /// Karras σ (ρ = 7) instead of the spacing's own σ.
+    pub karras: bool,
+}
+
 impl Method {
     /// Annealed Langevin with `steps_per_level` steps and the default step scale ε = 0.1 σ_min²
     /// (σ_min² = (1 − ᾱ_0)/ᾱ_0, the smallest level of `diffusion`; stable below 4 σ_min²).
@@ -69,12 +111,27 @@ impl Method {
         Method::Langevin { steps_per_level: steps_per_level.max(1), step_scale: 0.1 * (1.0 - ab0) / ab0 }
     }
 
-    /// Network evaluations per level of the process.
+    /// Network evaluations per level of the process (for the samplers with their own
+    /// schedule, per step of it).
     pub fn evaluations_per_level(&self) -> usize {
         match *self {
-            Method::Ddpm | Method::Ddim { .. } | Method::DpmSolver { .. } => 1,
+            Method::Ddpm
+            | Method::Ddim { .. }
+            | Method::DpmSolver { .. }
+            | Method::UniPc { .. }
+            | Method::Karras { .. } => 1,
             Method::Langevin { steps_per_level, .. } => steps_per_level + 1,
             Method::PredictorCorrector { corrector_steps, .. } => corrector_steps + 1,
+        }
+    }
+
+    /// Network evaluations of a whole run over `diffusion`.
+    pub fn evaluations(&self, diffusion: &GaussianDiffusion) -> usize {
+        match *self {
+            Method::DpmSolver { schedule: Some(s), .. } | Method::UniPc { schedule: Some(s), .. } => s.steps,
+            Method::Karras { method: KarrasMethod::Heun, schedule, .. } => (2 * schedule.steps).saturating_sub(1),
+            Method::Karras { schedule, .. } => schedule.steps,
+            _ => diffusion.num_timesteps() * self.evaluations_per_level(),
         }
     }
 }
@@ -218,6 +275,48 @@ pub fn sample_with<const D: usize>(
             })
         }
     };
+    match method {
+        Method::DpmSolver { .. } | Method::UniPc { .. } | Method::Karras { .. } if guidance.is_some() => {
+            return Err(SampleError::InvalidOption(
+                "classifier guidance is not available with DPM-Solver++, UniPC, Euler or Heun (use ddpm, \
+                 ddim, langevin or pc)"
+                    .into(),
+            ));
+        }
+        Method::UniPc { order, variant, schedule } => {
+            let ab = &diffusion.tables().alphas_cumprod;
+            let (steps, karras) = match schedule {
+                Some(s) => (dpm_timesteps(ab.len(), s.steps, s.spacing)?, s.karras),
+                None => ((0..ab.len()).rev().collect(), false),
+            };
+            let sigmas = SigmaSchedule::multistep(ab, &steps, karras.then_some(7.0), false)?;
+            let mut solver = UniPc::from_schedule(&sigmas, order, variant, diffusion.config().mean)?;
+            solver.clip_denoised = options.clip_denoised;
+            return unipc_loop(diffusion, model, x, &solver, options);
+        }
+        Method::DpmSolver { order, algorithm, schedule: Some(schedule) } => {
+            let ab = &diffusion.tables().alphas_cumprod;
+            let steps = dpm_timesteps(ab.len(), schedule.steps, schedule.spacing)?;
+            let sigmas = SigmaSchedule::multistep(ab, &steps, schedule.karras.then_some(7.0), false)?;
+            let mut solver = DpmSolver::from_schedule(&sigmas, order, algorithm, diffusion.config().mean)?;
+            solver.clip_denoised = options.clip_denoised;
+            return dpm_loop(diffusion, model, x, &z, &solver, options);
+        }
+        Method::Karras { method, schedule, churn } => {
+            let mut sampler = KarrasSampler::new(
+                diffusion,
+                method,
+                schedule.steps,
+                schedule.spacing,
+                schedule.karras,
+                diffusion.config().mean,
+            )?;
+            sampler.churn = churn;
+            sampler.clip_denoised = options.clip_denoised;
+            return karras_loop(diffusion, model, x, &z, &sampler, options);
+        }
+        _ => {}
+    }
     let mut x = x;
     let step_options = StepOptions { clip_denoised: options.clip_denoised, guidance };
     let num_t = diffusion.num_timesteps();
@@ -226,13 +325,7 @@ pub fn sample_with<const D: usize>(
     // DPM-Solver++ over every step of this (respaced) process: ᾱ at a kept step is the
     // original's, so σ and the model timesteps are those of the original steps.
     let mut dpm = match method {
-        Method::DpmSolver { .. } if guidance.is_some() => {
-            return Err(SampleError::InvalidOption(
-                "classifier guidance is not available with DPM-Solver++ (use ddpm, ddim, langevin or pc)"
-                    .into(),
-            ));
-        }
-        Method::DpmSolver { order, algorithm } => {
+        Method::DpmSolver { order, algorithm, .. } => {
             let mut solver = DpmSolver::new(
                 diffusion,
                 (0..num_t).rev().collect(),
@@ -247,6 +340,7 @@ pub fn sample_with<const D: usize>(
     };
     for (k, i) in (0..num_t).rev().enumerate() {
         let pred_x0 = match method {
+            Method::Karras { .. } | Method::UniPc { .. } => unreachable!("run by their own loops above"),
             Method::DpmSolver { algorithm, .. } => {
                 let (solver, state) = dpm.as_mut().expect("built above for this method");
                 let (eps_part, _) =
@@ -318,6 +412,120 @@ pub fn sample_with<const D: usize>(
         {
             out.trajectory.push((i, x.clone()));
             out.pred_x0.push((i, pred_x0));
+        }
+    }
+    out.sample = x;
+    Ok(out)
+}
+
+/// The network's output at a fractional process timestep `t` for the whole batch (its mean part
+/// where the variance is learned).
+fn output_at<const D: usize>(
+    diffusion: &GaussianDiffusion,
+    model: &dyn Denoiser<D>,
+    x: Tensor<D>,
+    t: f64,
+) -> Result<Tensor<D>> {
+    let b = x.dims()[0];
+    let time = Tensor::<1>::from_data(TensorData::new(vec![diffusion.model_time(t) as f32; b], [b]), &x.device());
+    let out = model.denoise(x.clone(), time);
+    check_output(diffusion, &x, &out)?;
+    Ok(diffusion.split_model_output(out).0)
+}
+
+/// The recorded level of a fractional timestep.
+fn level(t: f64) -> usize {
+    t.round().max(0.0) as usize
+}
+
+/// DPM-Solver++ over its own schedule (timesteps not those of `diffusion`'s levels).
+fn dpm_loop<const D: usize>(
+    diffusion: &GaussianDiffusion,
+    model: &dyn Denoiser<D>,
+    x: Tensor<D>,
+    z: &dyn Fn(u64) -> Result<Tensor<D>>,
+    solver: &DpmSolver,
+    options: &SampleOptions,
+) -> Result<SampleOutput<D>> {
+    let mut x = x;
+    let mut state = DpmState::default();
+    let mut out = SampleOutput { sample: x.clone(), trajectory: Vec::new(), pred_x0: Vec::new() };
+    let n = solver.num_steps();
+    for k in 0..n {
+        let t = solver.timesteps[k] as f64;
+        let m = output_at(diffusion, model, x.clone(), t)?;
+        let noisy = solver.algorithm == DpmAlgorithm::SdeDpmSolverPp && k + 1 < n;
+        let noise = if noisy { Some(z(step_key(n - 1 - k, 0))?) } else { None };
+        let s = solver.step(&mut state, x, m, noise)?;
+        x = s.sample;
+        if let Some(every) = options.record_every
+            && (k % every.max(1) == 0 || k + 1 == n)
+        {
+            out.trajectory.push((level(t), x.clone()));
+            out.pred_x0.push((level(t), s.pred_x0));
+        }
+    }
+    out.sample = x;
+    Ok(out)
+}
+
+/// UniPC over its schedule (deterministic: no noise).
+fn unipc_loop<const D: usize>(
+    diffusion: &GaussianDiffusion,
+    model: &dyn Denoiser<D>,
+    x: Tensor<D>,
+    solver: &UniPc,
+    options: &SampleOptions,
+) -> Result<SampleOutput<D>> {
+    let mut x = x;
+    let mut state = UniPcState::default();
+    let mut out = SampleOutput { sample: x.clone(), trajectory: Vec::new(), pred_x0: Vec::new() };
+    let n = solver.num_steps();
+    for k in 0..n {
+        let t = solver.timesteps[k] as f64;
+        let m = output_at(diffusion, model, x.clone(), t)?;
+        let s = solver.step(&mut state, x, m)?;
+        x = s.sample;
+        if let Some(every) = options.record_every
+            && (k % every.max(1) == 0 || k + 1 == n)
+        {
+            out.trajectory.push((level(t), x.clone()));
+            out.pred_x0.push((level(t), s.pred_x0));
+        }
+    }
+    out.sample = x;
+    Ok(out)
+}
+
+/// Euler / Euler-ancestral / Heun: x̃ = z · init_noise_sigma, then every network call.
+fn karras_loop<const D: usize>(
+    diffusion: &GaussianDiffusion,
+    model: &dyn Denoiser<D>,
+    x: Tensor<D>,
+    z: &dyn Fn(u64) -> Result<Tensor<D>>,
+    sampler: &KarrasSampler,
+    options: &SampleOptions,
+) -> Result<SampleOutput<D>> {
+    let mut x = x.mul_scalar(sampler.init_noise_sigma);
+    let mut state = KarrasState::default();
+    let mut out = SampleOutput { sample: x.clone(), trajectory: Vec::new(), pred_x0: Vec::new() };
+    let n = sampler.num_steps();
+    while let Some(ev) = sampler.evaluation(&state) {
+        let input = sampler.scale_model_input(&state, x.clone())?;
+        let m = output_at(diffusion, model, input, ev.t)?;
+        let noise = if ev.needs_noise { Some(z(step_key(n - 1 - ev.step, 0))?) } else { None };
+        let e = state.evaluations();
+        let s = sampler.step(&mut state, x, m, noise)?;
+        x = s.sample;
+        let done = sampler.evaluation(&state).is_none_or(|next| next.step != ev.step);
+        if let Some(every) = options.record_every
+            && done
+            && (ev.step % every.max(1) == 0 || e + 1 == sampler.num_evaluations())
+        {
+            // Recorded as x_t (x̃/√(σ² + 1) at the level reached), like the other samplers.
+            let next = sampler.sigmas[ev.step + 1];
+            out.trajectory.push((level(ev.t), x.clone().div_scalar((next * next + 1.0).sqrt())));
+            out.pred_x0.push((level(ev.t), s.pred_x0));
         }
     }
     out.sample = x;

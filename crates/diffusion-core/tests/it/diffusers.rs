@@ -6,7 +6,10 @@
 
 use std::sync::LazyLock;
 
-use diffusion_core::{TimestepSpacing, rescale_zero_terminal_snr, space_timesteps, spaced_timesteps};
+use diffusion_core::{
+    TimestepSpacing, continuous_timesteps, interp_sigma, karras_sigmas, rescale_zero_terminal_snr, sigma_to_t,
+    space_timesteps, spaced_timesteps, training_sigmas,
+};
 use serde_json::Value;
 
 static REF: LazyLock<Value> =
@@ -82,5 +85,65 @@ fn zero_terminal_snr_rescale_equals_diffusers() {
         // A process from these betas is refused with a reason rather than giving NaNs.
         let err = diffusion_core::GaussianDiffusion::new(got, Default::default()).unwrap_err().to_string();
         assert!(err.contains("zero terminal SNR"), "{what}: {err}");
+    }
+}
+
+/// Euler's and Heun's timesteps (`continuous_timesteps`) for every case of the same grid equal
+/// `EulerDiscreteScheduler.set_timesteps`' float32 values: linspace unrounded, leading and
+/// trailing DDIM's integer steps (in diffusers' decreasing order). Euler's leading steps can
+/// pass the last training step with an offset (diffusers then clamps σ); we refuse those.
+#[test]
+fn continuous_timesteps_equal_diffusers_euler() {
+    let mut refused = 0;
+    for c in REF["spacings"].as_array().unwrap() {
+        let t = c["num_train_timesteps"].as_u64().unwrap() as usize;
+        let n = c["num_inference_steps"].as_u64().unwrap() as usize;
+        let offset = c["steps_offset"].as_u64().unwrap() as usize;
+        let spacing = match c["timestep_spacing"].as_str().unwrap() {
+            "linspace" => TimestepSpacing::Linspace,
+            "trailing" => TimestepSpacing::Trailing,
+            _ => TimestepSpacing::Leading { steps_offset: offset },
+        };
+        let want = floats(&c["euler_timesteps"]);
+        let what = format!("T = {t}, n = {n}, {spacing:?}");
+        if want.iter().any(|&s| s >= t as f64) {
+            assert!(continuous_timesteps(t, n, spacing).is_err(), "{what}");
+            refused += 1;
+            continue;
+        }
+        let got = continuous_timesteps(t, n, spacing).unwrap();
+        assert_eq!(got, want, "{what}");
+    }
+    assert_eq!(refused, 3);
+}
+
+/// Closed-form properties of the σ maps: `sigma_to_t` inverts the training σ at every step and
+/// interpolates linearly in log σ between steps; `interp_sigma` is exact at whole steps and
+/// linear in t between; Karras σ run from σ_max to σ_min with σ^{1/ρ} evenly spaced.
+#[test]
+fn sigma_maps_invert_each_other() {
+    let d = diffusion_core::GaussianDiffusion::from_schedule(
+        &diffusion_core::BetaSchedule::Linear { num_timesteps: 1000 },
+        Default::default(),
+    )
+    .unwrap();
+    let train = training_sigmas(&d.tables().alphas_cumprod);
+    let log: Vec<f64> = train.iter().map(|s| s.ln()).collect();
+    for i in [0, 1, 17, 500, 998, 999] {
+        assert!((sigma_to_t(train[i], &log) - i as f64).abs() < 1e-9, "step {i}");
+        assert_eq!(interp_sigma(&train, i as f64), train[i]);
+    }
+    // Halfway in log σ between steps 10 and 11 is t = 10.5.
+    let mid = ((log[10] + log[11]) / 2.0).exp();
+    assert!((sigma_to_t(mid, &log) - 10.5).abs() < 1e-9);
+    assert!((interp_sigma(&train, 10.25) - (0.75 * train[10] + 0.25 * train[11])).abs() < 1e-15);
+    // Out of range: clamped to the ends.
+    assert_eq!(sigma_to_t(train[0] / 2.0, &log), 0.0);
+    assert_eq!(sigma_to_t(train[999] * 2.0, &log), 999.0);
+    let k = karras_sigmas(0.1, 80.0, 5, 7.0);
+    assert!((k[0] - 80.0).abs() < 1e-12 && (k[4] - 0.1).abs() < 1e-12);
+    let roots: Vec<f64> = k.iter().map(|s| s.powf(1.0 / 7.0)).collect();
+    for w in roots.windows(3) {
+        assert!(((w[0] - w[1]) - (w[1] - w[2])).abs() < 1e-12);
     }
 }

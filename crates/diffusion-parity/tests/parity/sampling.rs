@@ -30,9 +30,9 @@ fn methods(d: &GaussianDiffusion) -> Vec<(&'static str, Method)> {
         ("ddim-eta", Method::Ddim { eta: 0.5 }),
         ("langevin", Method::langevin(d, 2)),
         ("pc", Method::PredictorCorrector { predictor: Predictor::Ddpm, corrector_steps: 1, snr: 0.16 }),
-        ("dpm++2m", Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp }),
-        ("dpm++3m", Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp }),
-        ("sde-dpm++2m", Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp }),
+        ("dpm++2m", Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None }),
+        ("dpm++3m", Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None }),
+        ("sde-dpm++2m", Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule: None }),
     ]
 }
 

@@ -122,7 +122,7 @@ fn guidance_with_dpm_solver_is_an_error() {
         .unwrap();
     let model = |x: Tensor<2>, _t: Tensor<1>| x.zeros_like();
     let guidance = |x: Tensor<2>, _t: Tensor<1>| x.zeros_like();
-    let method = Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp };
+    let method = Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None };
     let run = |g: Option<&dyn Guidance<2>>| {
         sample(&d, &model, &[0, 1], [1, 2], &NoiseSource::new(0), method, &SampleOptions::default(), g, &dev)
     };

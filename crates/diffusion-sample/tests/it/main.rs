@@ -521,6 +521,7 @@ mod likelihood {
 }
 mod checkpoint;
 mod dpm_solver;
+mod karras;
 mod reference;
 mod sync;
 
@@ -536,7 +537,7 @@ fn dpm_solver_samples_the_gaussian() {
     let model = perfect(&base);
     let noise = NoiseSource::new(4);
     let coarse = base.respace_spec("20").unwrap();
-    let first = Method::DpmSolver { order: 1, algorithm: DpmAlgorithm::DpmSolverPp };
+    let first = Method::DpmSolver { order: 1, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None };
     let a = sample(&coarse, &model, &ids(), [1, 2], &noise, first, &opts(), None, &dev).unwrap().sample;
     let b = sample(&coarse, &model, &ids(), [1, 2], &noise, Method::Ddim { eta: 0.0 }, &opts(), None, &dev)
         .unwrap()
@@ -547,7 +548,7 @@ fn dpm_solver_samples_the_gaussian() {
     for (order, algorithm) in
         [(2, DpmAlgorithm::DpmSolverPp), (3, DpmAlgorithm::DpmSolverPp), (2, DpmAlgorithm::SdeDpmSolverPp)]
     {
-        let method = Method::DpmSolver { order, algorithm };
+        let method = Method::DpmSolver { order, algorithm, schedule: None };
         let out = sample(&fine, &model, &ids(), [1, 2], &noise, method, &opts(), None, &dev).unwrap();
         assert_data_moments(&format!("{algorithm:?} order {order}, 200 steps"), out.sample, 0.04);
     }
@@ -562,7 +563,7 @@ fn dpm_solver_clips_its_data_predictions_when_asked() {
     let fast = process(1000, ModelVariance::FixedSmall).respace_spec("trailing10").unwrap();
     // A poor ε-network: x̂_0 = (x − σ' ε̂)/α is huge at the noisy steps.
     let model = |x: Tensor<2>, _t: Tensor<1>| x.mul_scalar(0.5);
-    let method = Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp };
+    let method = Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None };
     let largest = |clip: bool| {
         let options = SampleOptions { clip_denoised: clip, record_every: Some(1) };
         let out =

@@ -25,9 +25,9 @@ fn sampling_loops_make_no_device_to_host_reads() {
         Method::langevin(&d, 2),
         Method::PredictorCorrector { predictor: Predictor::Ddpm, corrector_steps: 2, snr: 0.16 },
         Method::PredictorCorrector { predictor: Predictor::Ddim { eta: 0.0 }, corrector_steps: 1, snr: 0.16 },
-        Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp },
-        Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp },
-        Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp },
+        Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None },
+        Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None },
+        Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule: None },
     ] {
         let before = host_reads();
         let out = sample(&d, &mlp, &ids, [1, 2], &noise, method, &options, None, &dev).unwrap();
