@@ -162,8 +162,11 @@ impl UniPc {
             return bad("UniPC evaluates the network at whole timesteps".into());
         }
         let s = &schedule.sigmas;
-        if s[..n].iter().any(|&v| !(v.is_finite() && v > 0.0)) || s.windows(2).any(|w| w[1] >= w[0]) {
-            return bad("σ must be finite, positive and decreasing to the final 0".into());
+        if s[..n].iter().any(|&v| !(v.is_finite() && v > 0.0)) || !(s[n] >= 0.0) || s.windows(2).any(|w| w[1] >= w[0]) {
+            return bad("σ must be finite, positive and decreasing, to a final σ ≥ 0".into());
+        }
+        if variant == UniPcVariant::Bh1 && s[n] == 0.0 {
+            return bad("bh1 cannot step onto σ = 0 (B(h) = h is −∞ there); end at σ_min or use bh2".into());
         }
         Ok(Self {
             timesteps: schedule.timesteps.iter().map(|&t| t as usize).collect(),

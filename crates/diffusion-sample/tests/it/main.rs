@@ -522,6 +522,7 @@ mod likelihood {
 mod checkpoint;
 mod dpm_solver;
 mod karras;
+mod unipc;
 mod reference;
 mod sync;
 
