@@ -169,3 +169,73 @@ fn unipc_runs_equal_diffusers() {
     assert_eq!((compared, skipped), (135, 22));
     assert!(looped >= 30 && corrected > 1000, "looped {looped}, corrected {corrected}");
 }
+
+/// DDIM (η = 0 and 0.5) against diffusers' `DDIMScheduler`, through our respacing: the process
+/// respaced to diffusers' timesteps, then `ddim_step` at each level, with diffusers' noise.
+///
+/// Compared: every run whose schedule our respaced DDIM can express — diffusers steps from t to
+/// t − ⌊T/n⌋ (not to the next listed timestep) and ends on `final_alpha_cumprod`, so the runs
+/// where each previous timestep is the next one listed and the last goes to ᾱ = 1
+/// (`set_alpha_to_one`): leading and (for n dividing T) trailing spacings. Not compared, with
+/// the reason: linspace spacing (diffusers' previous timestep is not a step of the chain: 888 →
+/// 788 for n = 10), `set_alpha_to_one = false` (the last step lands on ᾱ_0, not 1),
+/// `clip_sample` (diffusers clips x̂_0 after ε̂ is computed, improved-diffusion — whose DDIM this
+/// is — before), and zero terminal SNR (ᾱ_T = 0, which `GaussianDiffusion` refuses).
+#[test]
+fn ddim_matches_diffusers_where_the_chains_agree() {
+    let dev = Device::flex();
+    let root = &*REF;
+    let x_t = tensor4(&root["inputs"]["x_T"], &dev);
+    let (mut compared, mut not_expressible) = (0, 0);
+    for run in root["ddim_runs"].as_array().unwrap() {
+        let ts: Vec<usize> =
+            run["timesteps"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
+        let prev: Vec<i64> = run["prev_timesteps"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+        let chain = (0..ts.len()).all(|k| if k + 1 < ts.len() { prev[k] == ts[k + 1] as i64 } else { prev[k] < 0 });
+        if !chain
+            || !run["set_alpha_to_one"].as_bool().unwrap()
+            || run["clip_sample"].as_bool().unwrap()
+            || run["rescale_betas_zero_snr"].as_bool().unwrap()
+        {
+            not_expressible += 1;
+            continue;
+        }
+        let n = ts.len();
+        let eta = run["eta"].as_f64().unwrap();
+        let cosine = run["beta_schedule"].as_str().unwrap() == "squaredcos_cap_v2";
+        let (prediction, key) = match run["prediction_type"].as_str().unwrap() {
+            "epsilon" => (ModelMean::Epsilon, "epsilon"),
+            "sample" => (ModelMean::StartX, "sample"),
+            _ => (ModelMean::Velocity, "v_prediction"),
+        };
+        let what = format!("DDIM eta {eta} {key} n={n} {} cosine={cosine}", run["timestep_spacing"]);
+        let schedule =
+            if cosine { BetaSchedule::Cosine { num_timesteps: 1000 } } else { BetaSchedule::Linear { num_timesteps: 1000 } };
+        let config = diffusion_core::DiffusionConfig { mean: prediction, ..Default::default() };
+        let d = GaussianDiffusion::from_schedule(&schedule, config).unwrap();
+        let mut kept = ts.clone();
+        kept.reverse();
+        let r = d.respace(&kept).unwrap();
+        let [a, b] = <[f32; 2]>::try_from(floats(&root["network"][key])).unwrap();
+        let stored: Vec<usize> =
+            run["stored_steps"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let options = diffusion_sample::StepOptions { clip_denoised: false, guidance: None };
+        let mut x = x_t.clone();
+        for (k, &t) in ts.iter().enumerate() {
+            let level = n - 1 - k;
+            let out = x.clone().mul_scalar(a) + x.zeros_like().add_scalar(b * t as f32);
+            let noise = (eta > 0.0 && level > 0).then(|| slice(&root["inputs"]["noises"], k, &dev));
+            let s = diffusion_sample::step::ddim_step(&r, x, level, out, eta, noise, &options).unwrap();
+            if let Some(j) = stored.iter().position(|&q| q == k) {
+                // diffusers' f32 ᾱ against our f64 ᾱ: 1e-4 of the scale.
+                assert_close(&s.pred_x0, &slice(&run["x0_pred"], j, &dev), 1e-4, &format!("{what}: x̂_0 {k}"));
+                assert_close(&s.sample, &slice(&run["samples"], j, &dev), 1e-4, &format!("{what}: sample {k}"));
+            }
+            x = s.sample;
+        }
+        assert_close(&x, &tensor4(&run["final"], &dev), 1e-4, &format!("{what}: final"));
+        compared += 1;
+    }
+    assert_eq!(compared + not_expressible, 215);
+    assert_eq!(compared, 72);
+}
