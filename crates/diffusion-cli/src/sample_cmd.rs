@@ -122,6 +122,13 @@ pub struct SampleArgs {
     /// Guidance scale s.
     #[arg(long)]
     pub guidance_scale: Option<f64>,
+    /// Classifier-free guidance scale s (diffusers' guidance_scale: 1 conditional, 3–7 typical;
+    /// Ho & Salimans' w = s − 1). The network must have been trained with --label-dropout.
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+    /// Guidance rescale φ ∈ [0, 1] (Lin et al. 2023) with --cfg-scale.
+    #[arg(long, default_value_t = 0.0, requires = "cfg_scale")]
+    pub cfg_rescale: f64,
     /// Do not clip x̂_0 to [−1, 1] (images; 2-D models are never clipped).
     #[arg(long)]
     pub no_clip: bool,
@@ -262,7 +269,12 @@ pub fn run(args: &SampleArgs, device: &Device) -> Result<()> {
         None => ckpt.diffusion.clone(),
     };
     let all: Vec<u64> = shard_range(args.num, args.shard.as_deref())?.collect();
+    let cfg = match args.cfg_scale {
+        Some(scale) => Some(diffusion_sample::ClassifierFree::new(scale, args.cfg_rescale)?),
+        None => None,
+    };
     let job = Job {
+        cfg,
         diffusion: &d,
         method: method(args, &d)?,
         options: SampleOptions { clip_denoised: !args.no_clip, record_every: args.record_every },

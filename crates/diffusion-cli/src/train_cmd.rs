@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 use diffusion_core::SeedStream;
@@ -18,6 +18,7 @@ use diffusion_train::log::read_metrics;
 use diffusion_train::{ProgressStyle, Resume, RunOptions, TrainConfig, train};
 
 use crate::device::DeviceSpec;
+use crate::process_args::MeanArg;
 use crate::plot::{self, Panel, Series};
 
 /// Config formats for `--print-config`.
@@ -74,6 +75,15 @@ pub struct TrainArgs {
     /// Plain progress lines even in a terminal (no TUI).
     #[arg(long)]
     pub plain: bool,
+    /// What the network predicts (overriding the config's process.config.mean): epsilon,
+    /// start-x or velocity (v-prediction, Salimans & Ho 2022).
+    #[arg(long, value_enum)]
+    pub prediction: Option<MeanArg>,
+    /// Classifier-free guidance training: drop each class label with this probability, learning
+    /// the UNet's null class alongside (sets model.null_class; 0.1–0.2 is usual). Sample with
+    /// `diffusion sample --cfg-scale S`.
+    #[arg(long)]
+    pub label_dropout: Option<f64>,
     /// Print the resolved config and exit.
     #[arg(long, value_enum)]
     pub print_config: Option<ConfigFormat>,
@@ -140,6 +150,17 @@ pub fn run(args: &TrainArgs, device: DeviceSpec) -> Result<()> {
     }
     if let Some(v) = args.seed {
         cfg.seed = v;
+    }
+    if let Some(m) = args.prediction {
+        cfg.process.config.mean = m.into();
+    }
+    if let Some(p) = args.label_dropout {
+        cfg.label_dropout = p;
+        match &mut cfg.model {
+            diffusion_models::checkpoint::ModelSpec::Unet(u) if p > 0.0 => u.null_class = true,
+            diffusion_models::checkpoint::ModelSpec::Unet(_) => {}
+            _ => bail!("--label-dropout needs a class-conditional UNet"),
+        }
     }
     if let Some(f) = args.print_config {
         match f {

@@ -41,6 +41,10 @@ pub struct UNetConfig {
     pub conv_resample: bool,
     /// Class-conditional with this many classes (a label embedding added to the time embedding).
     pub num_classes: Option<usize>,
+    /// One more label embedding, label `num_classes`: "no class", for classifier-free guidance
+    /// (Ho & Salimans 2022; trained by dropping labels, sampled with `ClassifierFree`).
+    #[config(default = false)]
+    pub null_class: bool,
     /// Attention heads (ignored when `num_head_channels` is set).
     #[config(default = 1)]
     pub num_heads: usize,
@@ -201,6 +205,9 @@ impl UNetConfig {
         if self.num_classes == Some(0) {
             return bad("num_classes must be positive when set".into());
         }
+        if self.null_class && self.num_classes.is_none() {
+            return bad("null_class (classifier-free guidance) needs a class-conditional UNet (num_classes)".into());
+        }
         Ok(())
     }
 
@@ -246,7 +253,7 @@ impl UNetConfig {
             linear_1: LinearConfig::new(mc, emb).init(device),
             linear_2: LinearConfig::new(emb, emb).init(device),
         };
-        let label_emb = self.num_classes.map(|n| EmbeddingConfig::new(n, emb).init(device));
+        let label_emb = self.num_classes.map(|n| EmbeddingConfig::new(n + usize::from(self.null_class), emb).init(device));
         let attn_at = |ds: usize| self.attention_resolutions.contains(&(self.image_size / ds));
 
         let mut ch = self.channel_mult[0] * mc;
@@ -379,6 +386,13 @@ pub struct UNet {
 }
 
 impl UNet {
+    /// The "no class" label of a network with a null class (classifier-free guidance): label
+    /// `num_classes`, the embedding row past the classes.
+    pub fn null_label(&self) -> Option<usize> {
+        let rows = self.label_emb.as_ref()?.weight.dims()[0];
+        (rows > self.num_classes).then_some(self.num_classes)
+    }
+
     /// The network output.
     ///
     /// # Shapes

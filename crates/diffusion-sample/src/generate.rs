@@ -10,6 +10,7 @@ use burn::tensor::{Device, Int, Tensor};
 use diffusion_core::GaussianDiffusion;
 use diffusion_models::{Mlp, UNet};
 
+use crate::cfg::{ClassifierFree, GuidedUnet};
 use crate::checkpoint::ConditionalUnet;
 use crate::error::{Result, SampleError};
 use crate::guidance::{ClassifierGuidance, class_labels};
@@ -43,6 +44,8 @@ pub struct Job<'a> {
     pub seed: u64,
     /// Samples per batch (≥ 1).
     pub batch_size: usize,
+    /// Classifier-free guidance (image models with a null class).
+    pub cfg: Option<ClassifierFree>,
 }
 
 /// Samples of an image model.
@@ -124,11 +127,19 @@ pub fn sample_images(
             None => Tensor::full([chunk.len()], class.unwrap_or(0) as i64, device),
         };
         labels.extend(y.clone().into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default());
-        let net = ConditionalUnet { unet, labels: (unet.num_classes > 0).then(|| y.clone()) };
+        let plain = ConditionalUnet { unet, labels: (unet.num_classes > 0).then(|| y.clone()) };
+        let guided = match job.cfg {
+            Some(cfg) => Some(GuidedUnet::new(unet, y.clone(), cfg)?),
+            None => None,
+        };
+        let net: &dyn Denoiser<4> = match &guided {
+            Some(g) => g,
+            None => &plain,
+        };
         let report = |evaluations| {
             progress(Progress { batch: b + 1, batches, evaluations, evaluations_per_batch: per_batch })
         };
-        let counted = Counting { inner: &net, calls: Cell::new(0), report: &report };
+        let counted = Counting { inner: net, calls: Cell::new(0), report: &report };
         let g = guidance.map(|g| g.for_labels(y));
         let out = sample(
             job.diffusion,
@@ -158,6 +169,11 @@ pub fn sample_points(
     progress: &dyn Fn(Progress),
 ) -> Result<Tensor<2>> {
     check_job(job, ids)?;
+    if job.cfg.is_some() {
+        return Err(SampleError::InvalidOption(
+            "classifier-free guidance needs a class-conditional image model, not a point MLP".into(),
+        ));
+    }
     let noise = NoiseSource::new(job.seed);
     let dim = mlp.input.weight.dims()[0];
     let options = SampleOptions { clip_denoised: false, ..job.options.clone() };

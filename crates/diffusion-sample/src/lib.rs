@@ -33,6 +33,7 @@
 //! Opening a trained checkpoint and stepping it by hand: see [`checkpoint`] and the
 //! `examples/` of this crate.
 
+pub mod cfg;
 pub mod checkpoint;
 pub mod dpm_solver;
 pub mod error;
@@ -50,6 +51,7 @@ pub mod unipc;
 pub use checkpoint::{
     DenoiserCheckpoint, DenoiserNetwork, open_classifier, open_denoiser, open_denoiser_as, open_denoiser_with,
 };
+pub use cfg::{ClassifierFree, GuidedUnet};
 pub use error::{Result, SampleError};
 pub use guidance::{ClassifierGuidance, class_labels};
 pub use noise::NoiseSource;

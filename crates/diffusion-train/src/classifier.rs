@@ -372,6 +372,7 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
         seed: cfg.seed,
         random_flip: cfg.random_flip,
         class_cond: true,
+        label_dropout: None,
     };
     let diffusion = cfg.process.build().map_err(|e| TrainError::Config(format!("process: {e}")))?;
     let num_t = diffusion.num_timesteps();

@@ -33,6 +33,8 @@ pub(crate) mod tag {
     pub const VALID_NOISE: u64 = 5;
     /// Dropout masks of microbatch (step, micro).
     pub const DROPOUT: u64 = 6;
+    /// Whether example `g`'s label is dropped (classifier-free guidance).
+    pub const LABEL_DROP: u64 = 7;
 }
 
 /// Examples a model learns from, on the host: images `[C, S, S]` or points `[2, 1, 1]`.
@@ -147,6 +149,18 @@ pub struct BatchPlan {
     pub random_flip: bool,
     /// Labels go to the model.
     pub class_cond: bool,
+    /// Classifier-free guidance training: each example's label is replaced by the null label
+    /// with this probability (a pure function of (seed, example position)); `None`: never.
+    pub label_dropout: Option<LabelDropout>,
+}
+
+/// Label dropout for classifier-free guidance (Ho & Salimans 2022).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LabelDropout {
+    /// Probability of dropping a label.
+    pub probability: f64,
+    /// The null label (the network's `num_classes`).
+    pub null_label: i64,
 }
 
 impl BatchPlan {
@@ -217,7 +231,11 @@ fn build_train(
             let perm = perms.pass(g / n);
             let k = perm[(g % n) as usize];
             let flip = plan.random_flip && noise.rng(tag::FLIP, g).random_bool(0.5);
-            (examples.values(k, flip), noise.sample_values(g, tag::NOISE, item), examples.label(k))
+            let label = match plan.label_dropout {
+                Some(drop) if noise.rng(tag::LABEL_DROP, g).random_bool(drop.probability) => drop.null_label,
+                _ => examples.label(k),
+            };
+            (examples.values(k, flip), noise.sample_values(g, tag::NOISE, item), label)
         })
         .collect();
     let mut batch = HostBatch {

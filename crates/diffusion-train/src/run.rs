@@ -229,6 +229,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         seed: cfg.seed,
         random_flip: cfg.random_flip,
         class_cond: cfg.class_cond,
+        label_dropout: cfg.label_dropout(),
     };
     // Epochs are renumbered so that a resumed run's epochs continue the original's (a later
     // `steps` keeps the epoch of every step).

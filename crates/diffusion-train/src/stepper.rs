@@ -36,6 +36,7 @@ impl Stepper {
             seed: cfg.seed,
             random_flip: cfg.random_flip,
             class_cond: cfg.class_cond,
+            label_dropout: cfg.label_dropout(),
         };
         let shared = Arc::new(Shared {
             diffusion,

@@ -519,6 +519,7 @@ mod likelihood {
         assert!(exact.ci95 >= 0.0 && exact.mean > 0.0);
     }
 }
+mod cfg;
 mod checkpoint;
 mod dpm_solver;
 mod karras;

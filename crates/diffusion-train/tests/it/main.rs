@@ -1,5 +1,6 @@
 //! Training runs on tiny models (CPU, seconds each).
 
+mod cfg;
 mod data;
 mod run;
 mod sync;
