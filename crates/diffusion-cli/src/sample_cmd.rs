@@ -8,10 +8,10 @@ use clap::{Args, ValueEnum};
 use diffusion_core::{GaussianDiffusion, SeedStream, TimestepSpacing};
 use diffusion_sample::checkpoint::DenoiserNetwork;
 use diffusion_sample::dpm_solver::DpmAlgorithm;
-use diffusion_sample::karras::{Churn, KarrasMethod};
-use diffusion_sample::unipc::UniPcVariant;
 use diffusion_sample::generate::{Job, Progress, sample_images, sample_points};
+use diffusion_sample::karras::{Churn, KarrasMethod};
 use diffusion_sample::output::{save_grid_png, save_npz, to_images};
+use diffusion_sample::unipc::UniPcVariant;
 use diffusion_sample::{Method, Predictor, SampleOptions, StepSchedule, open_classifier};
 
 use crate::plot;
@@ -28,8 +28,8 @@ pub enum SamplerName {
     Langevin,
     /// Predictor (DDPM, or DDIM with --eta) + Langevin corrector.
     Pc,
-    /// DPM-Solver++ 2M (diffusers' default DPMSolverMultistepScheduler): over --steps (with
-    /// --spacing, --karras) or the --respace steps.
+    /// DPM-Solver++ 2M (diffusers' default DPMSolverMultistepScheduler): over --sample-steps
+    /// (with --spacing, --karras) or the --respace steps.
     #[value(name = "dpm++2m", alias = "dpmpp-2m")]
     Dpm2m,
     /// DPM-Solver++ 3M.
@@ -38,15 +38,15 @@ pub enum SamplerName {
     /// SDE-DPM-Solver++ 2M (stochastic).
     #[value(name = "sde-dpm++2m", alias = "dpmpp-2m-sde")]
     SdeDpm2m,
-    /// UniPC (bh2, order 2, with its corrector): over --steps or the --respace steps.
+    /// UniPC (bh2, order 2, with its corrector): over --sample-steps or the --respace steps.
     #[value(name = "unipc")]
     UniPc,
-    /// Euler in σ (Karras et al.), --steps network calls at fractional timesteps.
+    /// Euler in σ (Karras et al.), --sample-steps network calls at fractional timesteps.
     Euler,
     /// Euler-ancestral (stochastic).
     #[value(name = "euler-a")]
     EulerA,
-    /// Heun (second order: 2 --steps − 1 network calls).
+    /// Heun (second order: 2 --sample-steps − 1 network calls).
     Heun,
 }
 
@@ -76,15 +76,15 @@ pub struct SampleArgs {
     /// Steps of the samplers that pick their own (dpm++*, unipc, euler, euler-a, heun; default 50
     /// for euler, euler-a and heun): diffusers' `set_timesteps(N)` on the unrespaced process.
     #[arg(long, conflicts_with = "respace")]
-    pub steps: Option<usize>,
-    /// How --steps are spaced.
-    #[arg(long, value_enum, default_value = "linspace", requires = "steps")]
+    pub sample_steps: Option<usize>,
+    /// How --sample-steps are spaced.
+    #[arg(long, value_enum, default_value = "linspace", requires = "sample_steps")]
     pub spacing: SpacingName,
     /// diffusers' `steps_offset` for --spacing leading.
-    #[arg(long, default_value_t = 0, requires = "steps")]
+    #[arg(long, default_value_t = 0, requires = "sample_steps")]
     pub steps_offset: usize,
-    /// Karras σ (ρ = 7) over the --steps range instead of the spacing's own.
-    #[arg(long, requires = "steps")]
+    /// Karras σ (ρ = 7) over the --sample-steps range instead of the spacing's own.
+    #[arg(long, requires = "sample_steps")]
     pub karras: bool,
     /// Euler's churn S_churn (Karras et al.; 0: deterministic).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -198,9 +198,15 @@ fn save_trajectory(path: &std::path::Path, out: &diffusion_sample::sampler::Samp
 fn method(args: &SampleArgs, d: &GaussianDiffusion) -> Result<Method> {
     let karras_sampler = matches!(args.sampler, SamplerName::Euler | SamplerName::EulerA | SamplerName::Heun);
     let own_steps = karras_sampler
-        || matches!(args.sampler, SamplerName::Dpm2m | SamplerName::Dpm3m | SamplerName::SdeDpm2m | SamplerName::UniPc);
-    if args.steps.is_some() && !own_steps {
-        bail!("--steps is for dpm++2m, dpm++3m, sde-dpm++2m, unipc, euler, euler-a and heun; use --respace with {:?}", args.sampler);
+        || matches!(
+            args.sampler,
+            SamplerName::Dpm2m | SamplerName::Dpm3m | SamplerName::SdeDpm2m | SamplerName::UniPc
+        );
+    if args.sample_steps.is_some() && !own_steps {
+        bail!(
+            "--sample-steps is for dpm++2m, dpm++3m, sde-dpm++2m, unipc, euler, euler-a and heun; use --respace with {:?}",
+            args.sampler
+        );
     }
     if args.s_churn != 0.0 && args.sampler != SamplerName::Euler {
         bail!("--s-churn is Euler's (--sampler euler)");
@@ -208,11 +214,13 @@ fn method(args: &SampleArgs, d: &GaussianDiffusion) -> Result<Method> {
     if !(args.s_churn >= 0.0 && args.s_churn.is_finite()) {
         bail!("--s-churn must be a finite number ≥ 0, got {}", args.s_churn);
     }
-    let schedule = match args.steps.or(if karras_sampler { Some(50) } else { None }) {
-        Some(0) => bail!("--steps must be at least 1"),
+    let schedule = match args.sample_steps.or(if karras_sampler { Some(50) } else { None }) {
+        Some(0) => bail!("--sample-steps must be at least 1"),
         Some(steps) => {
             if d.timestep_map().len() != d.original_num_timesteps() {
-                bail!("--steps picks its own steps of the process; the checkpoint's process is already respaced");
+                bail!(
+                    "--sample-steps picks its own steps of the process; the checkpoint's process is already respaced"
+                );
             }
             let spacing = match args.spacing {
                 SpacingName::Linspace => TimestepSpacing::Linspace,
@@ -237,7 +245,9 @@ fn method(args: &SampleArgs, d: &GaussianDiffusion) -> Result<Method> {
         },
         SamplerName::Dpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule },
         SamplerName::Dpm3m => Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp, schedule },
-        SamplerName::SdeDpm2m => Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule },
+        SamplerName::SdeDpm2m => {
+            Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule }
+        }
         SamplerName::UniPc => Method::UniPc { order: 2, variant: UniPcVariant::Bh2, schedule },
         SamplerName::Euler => karras(KarrasMethod::Euler),
         SamplerName::EulerA => karras(KarrasMethod::EulerAncestral),

@@ -18,8 +18,8 @@ use diffusion_train::log::read_metrics;
 use diffusion_train::{ProgressStyle, Resume, RunOptions, TrainConfig, train};
 
 use crate::device::DeviceSpec;
-use crate::process_args::MeanArg;
 use crate::plot::{self, Panel, Series};
+use crate::process_args::MeanArg;
 
 /// Config formats for `--print-config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -206,7 +206,9 @@ impl UNetConfig {
             return bad("num_classes must be positive when set".into());
         }
         if self.null_class && self.num_classes.is_none() {
-            return bad("null_class (classifier-free guidance) needs a class-conditional UNet (num_classes)".into());
+            return bad(
+                "null_class (classifier-free guidance) needs a class-conditional UNet (num_classes)".into()
+            );
         }
         Ok(())
     }
@@ -253,7 +255,9 @@ impl UNetConfig {
             linear_1: LinearConfig::new(mc, emb).init(device),
             linear_2: LinearConfig::new(emb, emb).init(device),
         };
-        let label_emb = self.num_classes.map(|n| EmbeddingConfig::new(n + usize::from(self.null_class), emb).init(device));
+        let label_emb = self
+            .num_classes
+            .map(|n| EmbeddingConfig::new(n + usize::from(self.null_class), emb).init(device));
         let attn_at = |ds: usize| self.attention_resolutions.contains(&(self.image_size / ds));
 
         let mut ch = self.channel_mult[0] * mc;

@@ -31,10 +31,14 @@ impl ClassifierFree {
     /// Checked settings.
     pub fn new(scale: f64, rescale: f64) -> Result<Self> {
         if !scale.is_finite() {
-            return Err(SampleError::InvalidOption(format!("the guidance scale must be finite, got {scale}")));
+            return Err(SampleError::InvalidOption(format!(
+                "the guidance scale must be finite, got {scale}"
+            )));
         }
         if !(0.0..=1.0).contains(&rescale) {
-            return Err(SampleError::InvalidOption(format!("the guidance rescale must be in [0, 1], got {rescale}")));
+            return Err(SampleError::InvalidOption(format!(
+                "the guidance rescale must be in [0, 1], got {rescale}"
+            )));
         }
         Ok(Self { scale, rescale })
     }
@@ -93,11 +97,15 @@ impl Denoiser<4> for GuidedUnet<'_> {
             Some(Tensor::cat(vec![self.labels.clone(), null], 0)),
         );
         let [_, c, h, w] = out.dims();
-        let (cond, uncond) = (out.clone().slice([0..b, 0..c, 0..h, 0..w]), out.slice([b..2 * b, 0..c, 0..h, 0..w]));
+        let (cond, uncond) =
+            (out.clone().slice([0..b, 0..c, 0..h, 0..w]), out.slice([b..2 * b, 0..c, 0..h, 0..w]));
         let k = self.unet.in_channels;
         if c == 2 * k {
             // Learned variance: guide the prediction channels, keep the conditional variance.
-            let mean = self.cfg.combine(cond.clone().slice([0..b, 0..k, 0..h, 0..w]), uncond.slice([0..b, 0..k, 0..h, 0..w]));
+            let mean = self.cfg.combine(
+                cond.clone().slice([0..b, 0..k, 0..h, 0..w]),
+                uncond.slice([0..b, 0..k, 0..h, 0..w]),
+            );
             Tensor::cat(vec![mean, cond.slice([0..b, k..c, 0..h, 0..w])], 1)
         } else {
             self.cfg.combine(cond, uncond)

@@ -173,7 +173,15 @@ impl KarrasSampler {
             return bad("σ must be finite, positive and non-increasing before the final σ".into());
         }
         let sigmas = s.iter().map(|&v| v as f32).collect();
-        Ok(Self { method, schedule, sigmas, prediction, init_noise_sigma, churn: Churn::default(), clip_denoised: false })
+        Ok(Self {
+            method,
+            schedule,
+            sigmas,
+            prediction,
+            init_noise_sigma,
+            churn: Churn::default(),
+            clip_denoised: false,
+        })
     }
 
     /// Steps of the schedule.
@@ -220,13 +228,20 @@ impl KarrasSampler {
     }
 
     /// The network's input at the next call: x̃/√(σ² + 1).
-    pub fn scale_model_input<const D: usize>(&self, state: &KarrasState<D>, x: Tensor<D>) -> Result<Tensor<D>> {
+    pub fn scale_model_input<const D: usize>(
+        &self,
+        state: &KarrasState<D>,
+        x: Tensor<D>,
+    ) -> Result<Tensor<D>> {
         let ev = self.evaluation(state).ok_or_else(|| self.finished())?;
         Ok(x.div_scalar((ev.sigma * ev.sigma + 1.0).sqrt()))
     }
 
     fn finished(&self) -> SampleError {
-        SampleError::InvalidOption(format!("the sampler's {} network calls are all taken", self.num_evaluations()))
+        SampleError::InvalidOption(format!(
+            "the sampler's {} network calls are all taken",
+            self.num_evaluations()
+        ))
     }
 
     /// x̂_0 from the network output at σ (`sigma_eps`: the σ ε's formula uses, σ̂ under churn).
@@ -261,10 +276,16 @@ impl KarrasSampler {
         }
         let noise = match noise {
             Some(z) if z.dims() != x.dims() => {
-                return Err(SampleError::Shape { what: "the noise", got: z.dims().to_vec(), expected: x.dims().to_vec() });
+                return Err(SampleError::Shape {
+                    what: "the noise",
+                    got: z.dims().to_vec(),
+                    expected: x.dims().to_vec(),
+                });
             }
             Some(z) => Some(z),
-            None if ev.needs_noise => return Err(SampleError::MissingNoise { step: "euler churn / euler-ancestral" }),
+            None if ev.needs_noise => {
+                return Err(SampleError::MissingNoise { step: "euler churn / euler-ancestral" });
+            }
             None => None,
         };
         let k = ev.step;

@@ -48,16 +48,16 @@ pub mod sampler;
 pub mod step;
 pub mod unipc;
 
+pub use cfg::{ClassifierFree, GuidedUnet};
 pub use checkpoint::{
     DenoiserCheckpoint, DenoiserNetwork, open_classifier, open_denoiser, open_denoiser_as, open_denoiser_with,
 };
-pub use cfg::{ClassifierFree, GuidedUnet};
 pub use error::{Result, SampleError};
 pub use guidance::{ClassifierGuidance, class_labels};
 pub use noise::NoiseSource;
 pub use sampler::{
-    KeyedNoise, LoopNoise, Method, SampleOptions, SampleOutput, StepSchedule, ddim_reverse_loop, sample, sample_from,
-    sample_with, slerp,
+    KeyedNoise, LoopNoise, Method, SampleOptions, SampleOutput, StepSchedule, ddim_reverse_loop, sample,
+    sample_from, sample_with, slerp,
 };
 pub use step::{Denoiser, Guidance, Predictor, StepOptions, Timesteps};
 

@@ -18,15 +18,15 @@ use burn::tensor::{Device, Tensor, TensorData};
 use diffusion_core::{GaussianDiffusion, SigmaSchedule, TimestepSpacing};
 
 use crate::dpm_solver::{DpmAlgorithm, DpmSolver, DpmState, dpm_timesteps};
-use crate::karras::{Churn, KarrasMethod, KarrasSampler, KarrasState};
-use crate::unipc::{UniPc, UniPcState, UniPcVariant};
 use crate::error::{Result, SampleError};
+use crate::karras::{Churn, KarrasMethod, KarrasSampler, KarrasState};
 use crate::noise::{INITIAL_STEP, NoiseSource};
 pub use crate::step::{Denoiser, Guidance, Predictor};
 use crate::step::{
-    PcNoise, StepOptions, ancestral_step, check_output, ddim_adds_noise, ddim_inversion_step, ddim_step, langevin_step,
-    model_output, norms, per_sample, predict, predictor_corrector_step,
+    PcNoise, StepOptions, ancestral_step, check_output, ddim_adds_noise, ddim_inversion_step, ddim_step,
+    langevin_step, model_output, norms, per_sample, predict, predictor_corrector_step,
 };
+use crate::unipc::{UniPc, UniPcState, UniPcVariant};
 
 /// A sampling algorithm.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,7 +129,9 @@ impl Method {
     pub fn evaluations(&self, diffusion: &GaussianDiffusion) -> usize {
         match *self {
             Method::DpmSolver { schedule: Some(s), .. } | Method::UniPc { schedule: Some(s), .. } => s.steps,
-            Method::Karras { method: KarrasMethod::Heun, schedule, .. } => (2 * schedule.steps).saturating_sub(1),
+            Method::Karras { method: KarrasMethod::Heun, schedule, .. } => {
+                (2 * schedule.steps).saturating_sub(1)
+            }
             Method::Karras { schedule, .. } => schedule.steps,
             _ => diffusion.num_timesteps() * self.evaluations_per_level(),
         }
@@ -427,7 +429,8 @@ fn output_at<const D: usize>(
     t: f64,
 ) -> Result<Tensor<D>> {
     let b = x.dims()[0];
-    let time = Tensor::<1>::from_data(TensorData::new(vec![diffusion.model_time(t) as f32; b], [b]), &x.device());
+    let time =
+        Tensor::<1>::from_data(TensorData::new(vec![diffusion.model_time(t) as f32; b], [b]), &x.device());
     let out = model.denoise(x.clone(), time);
     check_output(diffusion, &x, &out)?;
     Ok(diffusion.split_model_output(out).0)

@@ -324,7 +324,11 @@ fn same_shape<const D: usize>(what: &'static str, t: &Tensor<D>, expected: [usiz
 }
 
 /// The network output must have x's shape, with twice the channels for a learned variance.
-pub(crate) fn check_output<const D: usize>(d: &GaussianDiffusion, x: &Tensor<D>, out: &Tensor<D>) -> Result<()> {
+pub(crate) fn check_output<const D: usize>(
+    d: &GaussianDiffusion,
+    x: &Tensor<D>,
+    out: &Tensor<D>,
+) -> Result<()> {
     let mut expected = x.dims();
     if D >= 2 {
         expected[1] = d.model_output_channels(expected[1]);

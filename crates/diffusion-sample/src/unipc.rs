@@ -107,8 +107,9 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
         b.swap(c, p);
         for r in c + 1..n {
             let f = a[r][c] / a[c][c];
-            for k in c..n {
-                a[r][k] -= f * a[c][k];
+            let pivot = a[c].clone();
+            for (v, p) in a[r].iter_mut().zip(pivot).skip(c) {
+                *v -= f * p;
             }
             b[r] -= f * b[c];
         }
@@ -162,7 +163,11 @@ impl UniPc {
             return bad("UniPC evaluates the network at whole timesteps".into());
         }
         let s = &schedule.sigmas;
-        if s[..n].iter().any(|&v| !(v.is_finite() && v > 0.0)) || !(s[n] >= 0.0) || s.windows(2).any(|w| w[1] >= w[0]) {
+        if s[..n].iter().any(|&v| !(v.is_finite() && v > 0.0))
+            || s[n].is_nan()
+            || s[n] < 0.0
+            || s.windows(2).any(|w| w[1] >= w[0])
+        {
             return bad("σ must be finite, positive and decreasing, to a final σ ≥ 0".into());
         }
         if variant == UniPcVariant::Bh1 && s[n] == 0.0 {
@@ -196,7 +201,12 @@ impl UniPc {
     }
 
     /// x̂_0 from the network output at step `k`.
-    pub fn data_prediction<const D: usize>(&self, k: usize, x: Tensor<D>, model_output: Tensor<D>) -> Tensor<D> {
+    pub fn data_prediction<const D: usize>(
+        &self,
+        k: usize,
+        x: Tensor<D>,
+        model_output: Tensor<D>,
+    ) -> Tensor<D> {
         let (alpha, sigma) = Self::alpha_sigma(self.sigmas[k]);
         let x0 = match self.prediction {
             ModelMean::Epsilon => (x - model_output.mul_scalar(sigma)).div_scalar(alpha),
@@ -262,7 +272,8 @@ impl UniPc {
         }
         let m_t = self.data_prediction(k, x.clone(), model_output);
         // UniC: from the last sample (at σ_{k−1}) to σ_k with m_t included.
-        let use_corrector = k > 0 && !self.disable_corrector.contains(&(k - 1)) && state.last_sample.is_some();
+        let use_corrector =
+            k > 0 && !self.disable_corrector.contains(&(k - 1)) && state.last_sample.is_some();
         let (x, corrected, corrector_order) = if use_corrector {
             let p = state.last_order;
             let last = state.last_sample.clone().expect("checked above");

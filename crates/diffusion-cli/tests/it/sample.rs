@@ -148,6 +148,44 @@ fn bad_sample_flags_are_errors() {
             .contains("--respace")
     );
     assert!(fails(&["sample", "--checkpoint", d.join("none.ckpt").to_str().unwrap()]).contains("none.ckpt"));
+    // The samplers with their own steps: flags that do not apply are refused with the reason.
+    let own = |extra: &[&str]| {
+        let mut a = vec!["sample", "--checkpoint", c, "--num", "4", "--out", "x.png"];
+        a.extend_from_slice(extra);
+        fails(&a)
+    };
+    assert!(own(&["--sampler", "ddpm", "--sample-steps", "5"]).contains("--sample-steps is for"));
+    assert!(own(&["--sampler", "euler", "--sample-steps", "0"]).contains("at least 1"));
+    assert!(own(&["--sampler", "dpm++2m", "--sample-steps", "5", "--s-churn", "1"]).contains("Euler's"));
+    assert!(own(&["--sampler", "euler", "--s-churn", "-1"]).contains("≥ 0"));
+    assert!(
+        own(&["--sampler", "heun", "--sample-steps", "5", "--respace", "5"]).contains("cannot be used with")
+    );
+    assert!(
+        own(&["--sampler", "euler", "--sample-steps", "5", "--cfg-scale", "3"]).contains("class-conditional")
+    );
+    assert!(own(&["--sampler", "dpm++2m", "--cfg-rescale", "0.5"]).contains("--cfg-scale"));
+    // Each of them samples the 2-D model.
+    for sampler in ["euler", "euler-a", "heun", "unipc", "dpm++2m", "dpmpp-2m-sde"] {
+        let png = d.join(format!("{sampler}.png"));
+        ok(&[
+            "sample",
+            "--checkpoint",
+            c,
+            "--sampler",
+            sampler,
+            "--sample-steps",
+            "4",
+            "--spacing",
+            "trailing",
+            "--karras",
+            "--num",
+            "8",
+            "--out",
+            png.to_str().unwrap(),
+        ]);
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"), "{sampler}");
+    }
     // A 2-D model samples to a scatter plot.
     let png = d.join("points.png");
     ok(&["sample", "--checkpoint", c, "--respace", "5", "--num", "50", "--out", png.to_str().unwrap()]);

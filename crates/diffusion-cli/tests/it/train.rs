@@ -230,6 +230,30 @@ fn sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one() {
 #[test]
 fn bad_training_input_is_a_clear_error() {
     assert!(fails(&["train", "--preset", "nope"]).contains("unknown preset \"nope\""));
+    // Classifier-free guidance and v-prediction from the command line: the config they resolve to.
+    let cfg: serde_json::Value = serde_json::from_str(&ok(&[
+        "train",
+        "--preset",
+        "default",
+        "--label-dropout",
+        "0.2",
+        "--prediction",
+        "velocity",
+        "--print-config",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(cfg["label_dropout"], 0.2);
+    assert_eq!(cfg["model"]["config"]["null_class"], true, "{cfg}");
+    assert_eq!(cfg["process"]["config"]["mean"], "velocity");
+    assert!(
+        fails(&["train", "--preset", "swissroll", "--label-dropout", "0.1"])
+            .contains("class-conditional UNet")
+    );
+    assert!(
+        fails(&["train", "--preset", "default", "--label-dropout", "1.5", "--out", "/tmp/x-never"])
+            .contains("[0, 1)")
+    );
     assert!(
         fails(&["train", "--preset", "tiny", "--data", "mnist:/no/such/dir", "--out", "/tmp/x-never"])
             .contains("/no/such/dir")

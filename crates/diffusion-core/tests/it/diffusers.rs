@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use diffusion_core::{
-    TimestepSpacing, continuous_timesteps, interp_sigma, karras_sigmas, rescale_zero_terminal_snr, sigma_to_t,
-    space_timesteps, spaced_timesteps, training_sigmas,
+    TimestepSpacing, continuous_timesteps, interp_sigma, karras_sigmas, rescale_zero_terminal_snr,
+    sigma_to_t, space_timesteps, spaced_timesteps, training_sigmas,
 };
 use serde_json::Value;
 

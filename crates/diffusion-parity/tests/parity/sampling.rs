@@ -3,15 +3,19 @@
 //! `NoiseSource` draws on the host, so every device sees the same values).
 
 use burn::tensor::{Device, Int, Tensor};
+use diffusion_core::TimestepSpacing;
 use diffusion_core::{BetaSchedule, DiffusionConfig, GaussianDiffusion, ModelVariance, NoiseSource};
 use diffusion_models::MlpConfig;
 use diffusion_models::checkpoint::{import_pytorch_classifier, import_pytorch_unet};
 use diffusion_models::{EncoderUNetConfig, Pool, UNetConfig};
 use diffusion_parity::{assert_close, baseline, targets, values};
+use diffusion_sample::StepSchedule;
 use diffusion_sample::checkpoint::ConditionalUnet;
 use diffusion_sample::dpm_solver::DpmAlgorithm;
+use diffusion_sample::karras::{Churn, KarrasMethod};
 use diffusion_sample::likelihood::full_bound;
 use diffusion_sample::sampler::ddim_reverse_loop;
+use diffusion_sample::unipc::UniPcVariant;
 use diffusion_sample::{ClassifierGuidance, Method, Predictor, SampleOptions, sample};
 use serde_json::Value;
 
@@ -32,7 +36,27 @@ fn methods(d: &GaussianDiffusion) -> Vec<(&'static str, Method)> {
         ("pc", Method::PredictorCorrector { predictor: Predictor::Ddpm, corrector_steps: 1, snr: 0.16 }),
         ("dpm++2m", Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None }),
         ("dpm++3m", Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None }),
-        ("sde-dpm++2m", Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule: None }),
+        (
+            "sde-dpm++2m",
+            Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule: None },
+        ),
+        ("unipc", Method::UniPc { order: 2, variant: UniPcVariant::Bh2, schedule: None }),
+        (
+            "euler-a-karras",
+            Method::Karras {
+                method: KarrasMethod::EulerAncestral,
+                schedule: StepSchedule { steps: 5, spacing: TimestepSpacing::Trailing, karras: true },
+                churn: Churn::default(),
+            },
+        ),
+        (
+            "heun",
+            Method::Karras {
+                method: KarrasMethod::Heun,
+                schedule: StepSchedule { steps: 4, spacing: TimestepSpacing::Linspace, karras: false },
+                churn: Churn::default(),
+            },
+        ),
     ]
 }
 

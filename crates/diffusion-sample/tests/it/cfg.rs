@@ -64,7 +64,8 @@ fn guided_unet_is_the_guided_combination_of_two_calls() {
         let (c, u) = (values(cond), values(uncond));
         let per = 64;
         for (i, g) in got.iter().enumerate() {
-            let want = if out_channels == 2 && (i / per) % 2 == 1 { c[i] } else { u[i] + 3.0 * (c[i] - u[i]) };
+            let want =
+                if out_channels == 2 && (i / per) % 2 == 1 { c[i] } else { u[i] + 3.0 * (c[i] - u[i]) };
             assert!((g - want).abs() <= 1e-5 * want.abs().max(1.0), "element {i}: {g} vs {want}");
         }
     }
@@ -88,7 +89,9 @@ fn guidance_rescale_matches_the_conditional_spread() {
     assert!(f[..32].iter().zip(&p[..32]).all(|(a, b)| (a - ratio * b).abs() < 1e-4));
     let one = ClassifierFree::new(1.0, 0.0).unwrap().combine(c.clone(), u.clone());
     assert!(max_diff(&values(one), &values(c)) < 1e-6);
-    let zero = ClassifierFree::new(0.0, 0.0).unwrap().combine(Tensor::<4>::ones([1, 1, 1, 1], &dev), u.clone().slice([0..1, 0..1, 0..1, 0..1]));
+    let zero = ClassifierFree::new(0.0, 0.0)
+        .unwrap()
+        .combine(Tensor::<4>::ones([1, 1, 1, 1], &dev), u.clone().slice([0..1, 0..1, 0..1, 0..1]));
     assert!(max_diff(&values(zero), &values(u.slice([0..1, 0..1, 0..1, 0..1]))) < 1e-6);
     assert!(ClassifierFree::new(f64::NAN, 0.0).is_err() && ClassifierFree::new(2.0, 1.5).is_err());
 }
@@ -109,11 +112,20 @@ fn sampling_with_cfg_uses_the_labels_and_needs_a_null_class() {
     };
     for method in [
         Method::Ddim { eta: 0.0 },
-        Method::Karras { method: diffusion_sample::karras::KarrasMethod::Heun, schedule, churn: Default::default() },
-        Method::UniPc { order: 2, variant: diffusion_sample::unipc::UniPcVariant::Bh2, schedule: Some(schedule) },
+        Method::Karras {
+            method: diffusion_sample::karras::KarrasMethod::Heun,
+            schedule,
+            churn: Default::default(),
+        },
+        Method::UniPc {
+            order: 2,
+            variant: diffusion_sample::unipc::UniPcVariant::Bh2,
+            schedule: Some(schedule),
+        },
     ] {
         let run = |cfg| {
-            let job = Job { diffusion: &d, method, options: SampleOptions::default(), seed: 3, batch_size: 3, cfg };
+            let job =
+                Job { diffusion: &d, method, options: SampleOptions::default(), seed: 3, batch_size: 3, cfg };
             sample_images(&job, &net, &ids, None, None, &dev, &|_| {}).map(|s| values(s.samples))
         };
         let plain = run(None).unwrap();

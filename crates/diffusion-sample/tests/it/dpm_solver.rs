@@ -215,7 +215,9 @@ fn dpm_solver_karras_runs_equal_diffusers() {
         }
         // The fractional timesteps before rounding (diffusers' f64 values, from its f32 log σ).
         let log: Vec<f64> = diffusion_core::training_sigmas(ab64).iter().map(|s| s.ln()).collect();
-        for (k, (s, want)) in f64s(&run["karras_sigmas_f64"]).iter().zip(f64s(&run["karras_timesteps_f64"])).enumerate() {
+        for (k, (s, want)) in
+            f64s(&run["karras_sigmas_f64"]).iter().zip(f64s(&run["karras_timesteps_f64"])).enumerate()
+        {
             let t = diffusion_core::sigma_to_t(*s, &log);
             assert!((t - want).abs() < 2e-3, "{what}: sigma_to_t at {k}: ours {t}, diffusers {want}");
         }
@@ -239,7 +241,8 @@ fn dpm_solver_karras_runs_equal_diffusers() {
                 .then(|| slice(&root["inputs"]["noises"], k, &dev));
             let step = solver.step(&mut state, x, out, noise).unwrap();
             assert_eq!(step.order as u64, run["orders"][k].as_u64().unwrap(), "{what}: order of step {k}");
-            let want = slice(&run["samples"], k, &dev).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            let want =
+                slice(&run["samples"], k, &dev).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
             assert_close(&step.sample, &want, &format!("{what}: step {k}"));
             x = step.sample;
         }

@@ -91,9 +91,7 @@ fn parse(run: &Value) -> Run {
     let cosine = run["beta_schedule"].as_str().unwrap() == "squaredcos_cap_v2";
     let what = format!(
         "{method:?} {prediction:?} n={n} {spacing:?} karras={} cosine={cosine} zero_snr={} churn={}",
-        run["use_karras_sigmas"],
-        run["rescale_betas_zero_snr"],
-        run["s_churn"]
+        run["use_karras_sigmas"], run["rescale_betas_zero_snr"], run["s_churn"]
     );
     Run { method, prediction, spacing, n, cosine, what }
 }
@@ -126,7 +124,9 @@ fn karras_samplers_equal_diffusers() {
             // diffusers refuses: x_0 prediction and Karras σ in Euler-ancestral, zero SNR in Heun.
             let e = e.as_str().unwrap();
             assert!(
-                e.contains("sample") || e.contains("use_karras_sigmas") || e.contains("rescale_betas_zero_snr"),
+                e.contains("sample")
+                    || e.contains("use_karras_sigmas")
+                    || e.contains("rescale_betas_zero_snr"),
                 "{}: unexpected diffusers error {e}",
                 r.what
             );
@@ -182,8 +182,8 @@ fn karras_samplers_equal_diffusers() {
         let model_t = floats(&run["model_t"]);
         assert_eq!(sampler.num_evaluations(), model_t.len(), "{what}: network calls");
 
-        let [a, b] = <[f32; 2]>::try_from(floats(&root["network"][run["prediction_type"].as_str().unwrap()]))
-            .unwrap();
+        let [a, b] =
+            <[f32; 2]>::try_from(floats(&root["network"][run["prediction_type"].as_str().unwrap()])).unwrap();
         let tol = tolerance(&r);
         let noises = &root["inputs"]["noises"];
         let mut state = KarrasState::default();
@@ -193,9 +193,19 @@ fn karras_samplers_equal_diffusers() {
         while let Some(ev) = sampler.evaluation(&state) {
             // Timestep: diffusers' are f32; Karras' come from our f64 σ → t (≈ 1e-4 apart).
             let tt = 1e-3_f64.max(1e-6 * model_t[e].abs() as f64);
-            assert!((ev.t - f64::from(model_t[e])).abs() <= tt, "{what}: call {e}: t {} vs {}", ev.t, model_t[e]);
+            assert!(
+                (ev.t - f64::from(model_t[e])).abs() <= tt,
+                "{what}: call {e}: t {} vs {}",
+                ev.t,
+                model_t[e]
+            );
             let input = sampler.scale_model_input(&state, x.clone()).unwrap();
-            assert_close(&input, &slice(&run["model_in"], e, &dev), tol, &format!("{what}: input of call {e}"));
+            assert_close(
+                &input,
+                &slice(&run["model_in"], e, &dev),
+                tol,
+                &format!("{what}: input of call {e}"),
+            );
             let out = input.clone().mul_scalar(a) + input.zeros_like().add_scalar(b * model_t[e]);
             let noise = ev.needs_noise.then(|| {
                 noise_calls.push(ev.step);

@@ -523,9 +523,9 @@ mod cfg;
 mod checkpoint;
 mod dpm_solver;
 mod karras;
-mod unipc;
 mod reference;
 mod sync;
+mod unipc;
 
 /// DPM-Solver++ with the exact denoiser: order 1 is DDIM (η = 0) exactly, and 2M, 3M and SDE-2M
 /// over 200 steps of the cosine process return the data distribution. (At 20 steps ending at

@@ -4,8 +4,11 @@
 
 use diffusion_core::sync::host_reads;
 use diffusion_models::MlpConfig;
+use diffusion_sample::StepSchedule;
 use diffusion_sample::dpm_solver::DpmAlgorithm;
+use diffusion_sample::karras::{Churn, KarrasMethod};
 use diffusion_sample::sampler::Predictor;
+use diffusion_sample::unipc::UniPcVariant;
 use diffusion_sample::{Method, NoiseSource, SampleOptions, sample};
 
 use crate::{device, process};
@@ -18,6 +21,7 @@ fn sampling_loops_make_no_device_to_host_reads() {
     let ids: Vec<u64> = (0..8).collect();
     let noise = NoiseSource::new(1);
     let options = SampleOptions { clip_denoised: true, record_every: Some(3) };
+    let own = |karras| StepSchedule { steps: 6, spacing: diffusion_core::TimestepSpacing::Trailing, karras };
     for method in [
         Method::Ddpm,
         Method::Ddim { eta: 0.0 },
@@ -28,6 +32,16 @@ fn sampling_loops_make_no_device_to_host_reads() {
         Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None },
         Method::DpmSolver { order: 3, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None },
         Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule: None },
+        Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::SdeDpmSolverPp, schedule: Some(own(true)) },
+        Method::UniPc { order: 2, variant: UniPcVariant::Bh2, schedule: None },
+        Method::UniPc { order: 3, variant: UniPcVariant::Bh2, schedule: Some(own(true)) },
+        Method::Karras {
+            method: KarrasMethod::Euler,
+            schedule: own(false),
+            churn: Churn { s_churn: 1.0, ..Churn::default() },
+        },
+        Method::Karras { method: KarrasMethod::EulerAncestral, schedule: own(true), churn: Churn::default() },
+        Method::Karras { method: KarrasMethod::Heun, schedule: own(false), churn: Churn::default() },
     ] {
         let before = host_reads();
         let out = sample(&d, &mlp, &ids, [1, 2], &noise, method, &options, None, &dev).unwrap();

@@ -105,14 +105,20 @@ fn unipc_runs_equal_diffusers() {
             _ => UniPcVariant::Bh2,
         };
         let order = run["solver_order"].as_u64().unwrap() as usize;
-        let disable: Vec<usize> =
-            run["disable_corrector"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let disable: Vec<usize> = run["disable_corrector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
         let what = format!(
             "{variant:?} order {order} {key} n={n} {spacing:?} karras={karras} cosine={cosine} zero_snr={zero_snr} \
              sigma_min={sigma_min} disable={disable:?}"
         );
-        let ab: Vec<f64> =
-            floats(&root["schedules"][run["schedule"].as_str().unwrap()]["alphas_cumprod"]).into_iter().map(f64::from).collect();
+        let ab: Vec<f64> = floats(&root["schedules"][run["schedule"].as_str().unwrap()]["alphas_cumprod"])
+            .into_iter()
+            .map(f64::from)
+            .collect();
         let steps = dpm_timesteps(1000, n, spacing).unwrap();
         let mut sched = SigmaSchedule::multistep(&ab, &steps, karras.then_some(7.0), cosine).unwrap();
         if sigma_min {
@@ -120,9 +126,13 @@ fn unipc_runs_equal_diffusers() {
         }
         let want_sigmas = floats(&run["sigmas"]);
         for (k, (a, b)) in sched.sigmas.iter().zip(&want_sigmas).enumerate() {
-            assert!((*a as f32 - b).abs() <= 2e-6 * b.abs().max(1e-3), "{what}: σ[{k}] ours {a}, diffusers {b}");
+            assert!(
+                (*a as f32 - b).abs() <= 2e-6 * b.abs().max(1e-3),
+                "{what}: σ[{k}] ours {a}, diffusers {b}"
+            );
         }
-        let want_t: Vec<f64> = run["model_t"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+        let want_t: Vec<f64> =
+            run["model_t"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
         if !karras {
             assert_eq!(sched.timesteps, want_t, "{what}: timesteps");
         }
@@ -138,7 +148,12 @@ fn unipc_runs_equal_diffusers() {
             let want_c = run["corrector_orders"][k].as_u64().unwrap_or(0);
             assert_eq!(s.corrector_order as u64, want_c, "{what}: corrector order at {k}");
             if let Some(c) = &s.corrected {
-                assert_close(c, &slice(&run["predictor_in"], k, &dev), 1e-4, &format!("{what}: corrected {k}"));
+                assert_close(
+                    c,
+                    &slice(&run["predictor_in"], k, &dev),
+                    1e-4,
+                    &format!("{what}: corrected {k}"),
+                );
                 corrected += 1;
             }
             assert_close(&s.pred_x0, &slice(&run["x0_pred"], k, &dev), 1e-4, &format!("{what}: x̂_0 {k}"));
@@ -157,9 +172,11 @@ fn unipc_runs_equal_diffusers() {
                 let bsz = x.dims()[0];
                 x.clone().mul_scalar(a) + t.reshape([bsz, 1, 1, 1]).mul_scalar(b) + x.zeros_like()
             };
-            let method = Method::UniPc { order, variant, schedule: Some(StepSchedule { steps: n, spacing, karras }) };
+            let method =
+                Method::UniPc { order, variant, schedule: Some(StepSchedule { steps: n, spacing, karras }) };
             let no_clip = SampleOptions { clip_denoised: false, record_every: None };
-            let out = sample_with(&d, &net, x_t.clone(), &NoNoise(x_t.clone()), method, &no_clip, None).unwrap();
+            let out =
+                sample_with(&d, &net, x_t.clone(), &NoNoise(x_t.clone()), method, &no_clip, None).unwrap();
             assert_close(&out.sample, &tensor4(&run["final"], &dev), 5e-4, &format!("{what}: loop"));
             looped += 1;
         }
@@ -190,8 +207,10 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
     for run in root["ddim_runs"].as_array().unwrap() {
         let ts: Vec<usize> =
             run["timesteps"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
-        let prev: Vec<i64> = run["prev_timesteps"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
-        let chain = (0..ts.len()).all(|k| if k + 1 < ts.len() { prev[k] == ts[k + 1] as i64 } else { prev[k] < 0 });
+        let prev: Vec<i64> =
+            run["prev_timesteps"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+        let chain =
+            (0..ts.len()).all(|k| if k + 1 < ts.len() { prev[k] == ts[k + 1] as i64 } else { prev[k] < 0 });
         if !chain
             || !run["set_alpha_to_one"].as_bool().unwrap()
             || run["clip_sample"].as_bool().unwrap()
@@ -209,8 +228,11 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
             _ => (ModelMean::Velocity, "v_prediction"),
         };
         let what = format!("DDIM eta {eta} {key} n={n} {} cosine={cosine}", run["timestep_spacing"]);
-        let schedule =
-            if cosine { BetaSchedule::Cosine { num_timesteps: 1000 } } else { BetaSchedule::Linear { num_timesteps: 1000 } };
+        let schedule = if cosine {
+            BetaSchedule::Cosine { num_timesteps: 1000 }
+        } else {
+            BetaSchedule::Linear { num_timesteps: 1000 }
+        };
         let config = diffusion_core::DiffusionConfig { mean: prediction, ..Default::default() };
         let d = GaussianDiffusion::from_schedule(&schedule, config).unwrap();
         let mut kept = ts.clone();
@@ -229,7 +251,12 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
             if let Some(j) = stored.iter().position(|&q| q == k) {
                 // diffusers' f32 ᾱ against our f64 ᾱ: 1e-4 of the scale.
                 assert_close(&s.pred_x0, &slice(&run["x0_pred"], j, &dev), 1e-4, &format!("{what}: x̂_0 {k}"));
-                assert_close(&s.sample, &slice(&run["samples"], j, &dev), 1e-4, &format!("{what}: sample {k}"));
+                assert_close(
+                    &s.sample,
+                    &slice(&run["samples"], j, &dev),
+                    1e-4,
+                    &format!("{what}: sample {k}"),
+                );
             }
             x = s.sample;
         }
