@@ -84,6 +84,15 @@ pub struct TrainArgs {
     /// `diffusion sample --cfg-scale S`.
     #[arg(long)]
     pub label_dropout: Option<f64>,
+    /// Min-SNR-γ weighting of the MSE term (Hang et al. 2023; 5 in the paper).
+    #[arg(long)]
+    pub min_snr_gamma: Option<f64>,
+    /// Offset noise: a per-channel 𝒩(0, 1) offset times this added to the training noise (0.1).
+    #[arg(long)]
+    pub offset_noise: Option<f64>,
+    /// EMA warm-up with this power (diffusers' EMAModel: 2/3, or 3/4 for short runs; inv_gamma 1).
+    #[arg(long)]
+    pub ema_warmup_power: Option<f64>,
     /// Print the resolved config and exit.
     #[arg(long, value_enum)]
     pub print_config: Option<ConfigFormat>,
@@ -153,6 +162,15 @@ pub fn run(args: &TrainArgs, device: DeviceSpec) -> Result<()> {
     }
     if let Some(m) = args.prediction {
         cfg.process.config.mean = m.into();
+    }
+    if args.min_snr_gamma.is_some() {
+        cfg.min_snr_gamma = args.min_snr_gamma;
+    }
+    if let Some(v) = args.offset_noise {
+        cfg.offset_noise = v;
+    }
+    if let Some(power) = args.ema_warmup_power {
+        cfg.ema_warmup = Some(diffusion_train::EmaWarmup { power, ..Default::default() });
     }
     if let Some(p) = args.label_dropout {
         cfg.label_dropout = p;

@@ -35,7 +35,10 @@ const MAGIC: &[u8; 8] = b"DIFFRS\0\x01";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Which network a checkpoint holds, with its full configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialised through [`ModelSpec::from_json`], so a field added to a configuration later (with
+/// its default) does not make older checkpoints and run configs unreadable.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", content = "config", rename_all = "snake_case")]
 pub enum ModelSpec {
     /// A [`UNet`].

@@ -102,3 +102,10 @@ impl ModelSpec {
         }
     }
 }
+
+impl<'de> serde::Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(deserializer)?;
+        Self::from_json(&v).map_err(serde::de::Error::custom)
+    }
+}

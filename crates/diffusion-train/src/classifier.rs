@@ -373,6 +373,7 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
         random_flip: cfg.random_flip,
         class_cond: true,
         label_dropout: None,
+        offset_noise: 0.0,
     };
     let diffusion = cfg.process.build().map_err(|e| TrainError::Config(format!("process: {e}")))?;
     let num_t = diffusion.num_timesteps();
@@ -391,6 +392,9 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
         micro_per_step: cfg.batch_size / micro,
         batch_size: cfg.batch_size,
         ema_rates: vec![],
+        ema_warmup: None,
+        min_snr_gamma: None,
+        last_step: Mutex::new(0),
         grad_clip: cfg.optim.grad_clip,
         dropout: cfg.model.unet.dropout > 0.0,
         stop_after_steps: opts.stop_after_steps,

@@ -172,6 +172,19 @@ pub struct TrainConfig {
     /// EMA rates; the first one's weights are the checkpoint's primary network.
     #[serde(default)]
     pub ema_rates: Vec<f64>,
+    /// EMA warm-up (diffusers' `EMAModel(use_ema_warmup=True)`): each rate is reached gradually
+    /// along 1 − (1 + k/inv_gamma)^−power; `None`: every rate from the first step.
+    #[serde(default)]
+    pub ema_warmup: Option<EmaWarmup>,
+    /// Min-SNR-γ loss weighting (Hang et al. 2023): the MSE term of example t is weighted by
+    /// min(SNR_t, γ)/SNR_t (ε), min(SNR_t, γ) (x_0) or min(SNR_t, γ)/(SNR_t + 1) (v), SNR_t =
+    /// ᾱ_t/(1 − ᾱ_t); the paper uses γ = 5. `None`: unweighted.
+    #[serde(default)]
+    pub min_snr_gamma: Option<f64>,
+    /// Offset noise (Guttenberg 2023): each example's noise gets `offset_noise` · δ_c added, one
+    /// δ_c ~ 𝒩(0, 1) per channel (0.1 is usual; 0: off).
+    #[serde(default)]
+    pub offset_noise: f64,
     /// A checkpoint every this many optimiser steps.
     pub checkpoint_every: u64,
     /// Checkpoints kept (the newest ones).
@@ -196,6 +209,47 @@ fn default_keep_last() -> usize {
 }
 fn default_valid_size() -> usize {
     64
+}
+
+/// The EMA warm-up schedule of diffusers' `EMAModel`: at optimiser step k (from 1), the decay is
+/// 0 at k = 1 and otherwise min(rate, max(min_decay, 1 − (1 + (k − 1)/inv_gamma)^−power)).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmaWarmup {
+    /// γ⁻¹ (diffusers' default 1).
+    #[serde(default = "default_inv_gamma")]
+    pub inv_gamma: f64,
+    /// The power (diffusers' default 2/3; 3/4 for short runs).
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// The smallest decay after the first step (diffusers' default 0).
+    #[serde(default)]
+    pub min_decay: f64,
+}
+
+fn default_inv_gamma() -> f64 {
+    1.0
+}
+fn default_power() -> f64 {
+    2.0 / 3.0
+}
+
+impl Default for EmaWarmup {
+    fn default() -> Self {
+        Self { inv_gamma: 1.0, power: 2.0 / 3.0, min_decay: 0.0 }
+    }
+}
+
+impl EmaWarmup {
+    /// The decay at optimiser step `k` (1-based) for the target `rate`.
+    pub fn decay(&self, rate: f64, k: u64) -> f64 {
+        let step = k.saturating_sub(1);
+        if step == 0 {
+            return 0.0;
+        }
+        let d = 1.0 - (1.0 + step as f64 / self.inv_gamma).powf(-self.power);
+        d.max(self.min_decay).min(rate)
+    }
 }
 
 /// The preset names, in the order `--help` lists them.
@@ -243,6 +297,7 @@ impl TrainConfig {
                 class_cond: true,
                 random_flip: true,
                 label_dropout: 0.0,
+                offset_noise: 0.0,
                 timestep_sampler: TimestepSamplerKind::Uniform,
                 steps: 1200,
                 batch_size: 32,
@@ -254,6 +309,8 @@ impl TrainConfig {
                     ..Default::default()
                 },
                 ema_rates: vec![0.995],
+                ema_warmup: None,
+                min_snr_gamma: None,
                 checkpoint_every: 300,
                 keep_last: 3,
                 valid_size: 64,
@@ -275,6 +332,7 @@ impl TrainConfig {
                     class_cond: false,
                     random_flip: false,
                     label_dropout: 0.0,
+                    offset_noise: 0.0,
                     timestep_sampler: TimestepSamplerKind::Uniform,
                     steps: if tiny { 6 } else { 10_000 },
                     batch_size: if tiny { 16 } else { 256 },
@@ -285,6 +343,8 @@ impl TrainConfig {
                         ..Default::default()
                     },
                     ema_rates: vec![if tiny { 0.9 } else { 0.995 }],
+                    ema_warmup: None,
+                    min_snr_gamma: None,
                     checkpoint_every: if tiny { 2 } else { 2500 },
                     keep_last: 3,
                     valid_size: if tiny { 16 } else { 512 },
@@ -317,12 +377,15 @@ impl TrainConfig {
                 class_cond: true,
                 random_flip: true,
                 label_dropout: 0.0,
+                offset_noise: 0.0,
                 timestep_sampler: TimestepSamplerKind::LossSecondMoment,
                 steps: 6,
                 batch_size: 4,
                 microbatch: None,
                 optim: OptimConfig { lr: 1e-3, ..Default::default() },
                 ema_rates: vec![0.9, 0.99],
+                ema_warmup: None,
+                min_snr_gamma: None,
                 checkpoint_every: 2,
                 keep_last: 2,
                 valid_size: 4,
@@ -343,12 +406,15 @@ impl TrainConfig {
                 class_cond: false,
                 random_flip: false,
                 label_dropout: 0.0,
+                offset_noise: 0.0,
                 timestep_sampler: TimestepSamplerKind::Uniform,
                 steps: 50_000,
                 batch_size: 128,
                 microbatch: None,
                 optim: OptimConfig { lr: 2e-4, warmup_steps: 500, ..Default::default() },
                 ema_rates: vec![0.9999],
+                ema_warmup: None,
+                min_snr_gamma: None,
                 checkpoint_every: 1000,
                 keep_last: 3,
                 valid_size: 256,
@@ -372,6 +438,7 @@ impl TrainConfig {
                     class_cond: false,
                     random_flip: true,
                     label_dropout: 0.0,
+                    offset_noise: 0.0,
                     timestep_sampler: if vlb {
                         TimestepSamplerKind::LossSecondMoment
                     } else {
@@ -382,6 +449,8 @@ impl TrainConfig {
                     microbatch: None,
                     optim: OptimConfig { lr: 1e-4, ..Default::default() },
                     ema_rates: vec![0.9999],
+                    ema_warmup: None,
+                    min_snr_gamma: None,
                     checkpoint_every: 10_000,
                     keep_last: 3,
                     valid_size: 256,
@@ -453,6 +522,31 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
+        }
+        if let Some(w) = &self.ema_warmup
+            && !(w.inv_gamma > 0.0
+                && w.inv_gamma.is_finite()
+                && w.power > 0.0
+                && w.power.is_finite()
+                && (0.0..1.0).contains(&w.min_decay))
+        {
+            return bad(format!(
+                "ema_warmup needs inv_gamma > 0, power > 0 and min_decay in [0, 1), got {w:?}"
+            ));
+        }
+        if let Some(g) = self.min_snr_gamma {
+            if !(g > 0.0 && g.is_finite()) {
+                return bad(format!("min_snr_gamma must be a positive number, got {g}"));
+            }
+            if self.process.config.loss.is_vb() {
+                return bad("min_snr_gamma weights the MSE term, and this loss (the VLB) has none".into());
+            }
+            if self.process.config.mean == diffusion_core::ModelMean::PreviousX {
+                return bad("min_snr_gamma is defined for ε, x_0 and v predictions, not x_{t−1}".into());
+            }
+        }
+        if !(0.0..=1.0).contains(&self.offset_noise) {
+            return bad(format!("offset_noise must be in [0, 1], got {}", self.offset_noise));
         }
         if !(0.0..1.0).contains(&self.label_dropout) {
             return bad(format!("label_dropout must be in [0, 1), got {}", self.label_dropout));

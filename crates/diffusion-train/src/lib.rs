@@ -33,7 +33,7 @@ pub mod stepper;
 pub mod trainer;
 
 pub use classifier::{ClassifierConfig, ClassifierSummary, train_classifier};
-pub use config::{OptimConfig, SampleConfig, TimestepSamplerKind, TrainConfig};
+pub use config::{EmaWarmup, OptimConfig, SampleConfig, TimestepSamplerKind, TrainConfig};
 pub use error::{Result, TrainError};
 pub use run::{ProgressStyle, Resume, RunOptions, RunSummary, TrainedNets, train};
 pub use trainer::{DiffusionTrainer, Net, SamplerState};

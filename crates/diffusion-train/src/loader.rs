@@ -35,6 +35,8 @@ pub(crate) mod tag {
     pub const DROPOUT: u64 = 6;
     /// Whether example `g`'s label is dropped (classifier-free guidance).
     pub const LABEL_DROP: u64 = 7;
+    /// Example `g`'s per-channel offset noise.
+    pub const OFFSET_NOISE: u64 = 8;
 }
 
 /// Examples a model learns from, on the host: images `[C, S, S]` or points `[2, 1, 1]`.
@@ -152,6 +154,9 @@ pub struct BatchPlan {
     /// Classifier-free guidance training: each example's label is replaced by the null label
     /// with this probability (a pure function of (seed, example position)); `None`: never.
     pub label_dropout: Option<LabelDropout>,
+    /// Offset noise: each example's noise gets this times one 𝒩(0, 1) draw per channel added
+    /// (0: off).
+    pub offset_noise: f64,
 }
 
 /// Label dropout for classifier-free guidance (Ho & Salimans 2022).
@@ -235,7 +240,15 @@ fn build_train(
                 Some(drop) if noise.rng(tag::LABEL_DROP, g).random_bool(drop.probability) => drop.null_label,
                 _ => examples.label(k),
             };
-            (examples.values(k, flip), noise.sample_values(g, tag::NOISE, item), label)
+            let mut eps = noise.sample_values(g, tag::NOISE, item);
+            if plan.offset_noise > 0.0 {
+                let offsets = noise.sample_values(g, tag::OFFSET_NOISE, c);
+                for (channel, o) in eps.chunks_mut(h * w).zip(offsets) {
+                    let o = o * plan.offset_noise as f32;
+                    channel.iter_mut().for_each(|v| *v += o);
+                }
+            }
+            (examples.values(k, flip), eps, label)
         })
         .collect();
     let mut batch = HostBatch {

@@ -230,6 +230,7 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         random_flip: cfg.random_flip,
         class_cond: cfg.class_cond,
         label_dropout: cfg.label_dropout(),
+        offset_noise: cfg.offset_noise,
     };
     // Epochs are renumbered so that a resumed run's epochs continue the original's (a later
     // `steps` keeps the epoch of every step).
@@ -270,6 +271,9 @@ pub fn train(cfg: TrainConfig, opts: RunOptions) -> Result<RunSummary> {
         micro_per_step: cfg.micro_per_step(),
         batch_size: cfg.batch_size,
         ema_rates: cfg.ema_rates.clone(),
+        ema_warmup: cfg.ema_warmup,
+        min_snr_gamma: cfg.min_snr_gamma,
+        last_step: Mutex::new(0),
         grad_clip: cfg.optim.grad_clip,
         dropout: Net::has_dropout(&cfg.model),
         stop_after_steps: opts.stop_after_steps,

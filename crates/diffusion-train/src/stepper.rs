@@ -37,6 +37,7 @@ impl Stepper {
             random_flip: cfg.random_flip,
             class_cond: cfg.class_cond,
             label_dropout: cfg.label_dropout(),
+            offset_noise: cfg.offset_noise,
         };
         let shared = Arc::new(Shared {
             diffusion,
@@ -51,6 +52,9 @@ impl Stepper {
             micro_per_step: 1,
             batch_size: cfg.batch_size,
             ema_rates: cfg.ema_rates.clone(),
+            ema_warmup: cfg.ema_warmup,
+            min_snr_gamma: cfg.min_snr_gamma,
+            last_step: Mutex::new(0),
             grad_clip: cfg.optim.grad_clip,
             dropout: Net::has_dropout(&cfg.model),
             stop_after_steps: None,
@@ -102,6 +106,11 @@ impl Stepper {
     /// The online network, as the last step left it.
     pub fn network(&self) -> &Net {
         &self.trainer.as_ref().expect("a trainer").net
+    }
+
+    /// The EMA copies (one per `ema_rates` entry).
+    pub fn ema(&self) -> &[Net] {
+        &self.trainer.as_ref().expect("a trainer").ema
     }
 }
 

@@ -153,6 +153,19 @@ pub(crate) struct Failure {
     pub detail: String,
 }
 
+/// Hang et al.'s min-SNR-γ weight of the MSE term at ᾱ: min(SNR, γ)/SNR for ε, min(SNR, γ) for
+/// x_0, min(SNR, γ)/(SNR + 1) for v (SNR = ᾱ/(1 − ᾱ)); 1 for x_{t−1}.
+pub fn min_snr_weight(alpha_bar: f64, gamma: f64, mean: diffusion_core::ModelMean) -> f64 {
+    let snr = alpha_bar / (1.0 - alpha_bar);
+    let clipped = snr.min(gamma);
+    match mean {
+        diffusion_core::ModelMean::Epsilon => clipped / snr,
+        diffusion_core::ModelMean::StartX => clipped,
+        diffusion_core::ModelMean::Velocity => clipped / (snr + 1.0),
+        diffusion_core::ModelMean::PreviousX => 1.0,
+    }
+}
+
 /// State shared by every clone of the trainer (the Learner clones modules freely), outside the
 /// module record.
 pub(crate) struct Shared {
@@ -170,6 +183,11 @@ pub(crate) struct Shared {
     pub micro_per_step: usize,
     pub batch_size: usize,
     pub ema_rates: Vec<f64>,
+    pub ema_warmup: Option<crate::config::EmaWarmup>,
+    /// Min-SNR-γ weighting of the MSE term.
+    pub min_snr_gamma: Option<f64>,
+    /// The optimiser step (0-based) of the newest training microbatch, for the EMA warm-up.
+    pub last_step: Mutex<u64>,
     pub grad_clip: Option<f64>,
     pub dropout: bool,
     pub stop_after_steps: Option<u64>,
@@ -312,8 +330,20 @@ impl DiffusionTrainer {
             &device,
         );
         let y = batch.y.clone();
-        let out =
+        if train {
+            *shared.last_step.lock().expect("step lock") = batch.step;
+        }
+        let mut out =
             shared.diffusion.training_losses(batch.x0, t, batch.noise, |x, tt| self.net.forward(x, tt, y));
+        if let (Some(gamma), Some(mse)) = (shared.min_snr_gamma, &out.mse) {
+            // Min-SNR-γ: the MSE term weighted per example (the VLB term, if any, unchanged).
+            let ab = &shared.diffusion.tables().alphas_cumprod;
+            let mean = shared.diffusion.config().mean;
+            let w: Vec<f32> = timesteps.iter().map(|&t| min_snr_weight(ab[t], gamma, mean) as f32).collect();
+            let w = Tensor::<1>::from_data(TensorData::new(w, [n]), &device);
+            // (L − mse) + w · mse: exactly w · mse for L_simple (no cancellation when w ≪ 1).
+            out.loss = (out.loss.clone() - mse.clone()) + mse.clone() * w;
+        }
         // The reference's objective: mean over the batch of w_t · L, each microbatch weighted by
         // its share of the batch so that accumulated gradients are the full batch's.
         let scale = if train { n as f64 / shared.batch_size as f64 } else { 1.0 };
@@ -535,8 +565,13 @@ impl TrainStep for DiffusionTrainer {
         shared.clip_and_record(&self.net, &mut grads);
         let mut m = optim.step(lr, self, grads);
         let ema = std::mem::take(&mut m.ema);
-        m.ema =
-            ema.into_iter().zip(&shared.ema_rates).map(|(e, &rate)| ema_update(e, &m.net, rate)).collect();
+        let k = *shared.last_step.lock().expect("step lock") + 1;
+        let decay = |rate: f64| shared.ema_warmup.map_or(rate, |w| w.decay(rate, k));
+        m.ema = ema
+            .into_iter()
+            .zip(&shared.ema_rates)
+            .map(|(e, &rate)| ema_update(e, &m.net, decay(rate)))
+            .collect();
         m
     }
 }

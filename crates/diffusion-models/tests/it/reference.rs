@@ -34,7 +34,7 @@ fn imported_unets_reproduce_guided_diffusion_outputs() {
     let dev = device();
     for case in REF["unets"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let config: UNetConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let config: UNetConfig = UNetConfig::from_json(&case["config"]).unwrap();
         let unet =
             import_pytorch_unet(&fixture(name), &config, &dev).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(unet.num_params(), case["params"].as_u64().unwrap() as usize, "{name}: parameter count");
@@ -53,7 +53,7 @@ fn imported_classifiers_reproduce_guided_diffusion_logits() {
     let dev = device();
     for case in REF["classifiers"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let unet: UNetConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let unet: UNetConfig = UNetConfig::from_json(&case["config"]).unwrap();
         let pool: Pool = serde_json::from_value(case["pool"].clone()).unwrap();
         let config = EncoderUNetConfig::new(unet).with_pool(pool);
         let clf = import_pytorch_classifier(&fixture(name), &config, &dev)
@@ -88,7 +88,7 @@ fn preset_parameter_counts_equal_the_reference_models() {
 fn a_mismatched_configuration_is_a_clear_import_error() {
     let dev = device();
     let case = &REF["unets"][0];
-    let mut config: UNetConfig = serde_json::from_value(case["config"].clone()).unwrap();
+    let mut config: UNetConfig = UNetConfig::from_json(&case["config"]).unwrap();
     config.num_classes = None; // the checkpoint has a label embedding
     let err = import_pytorch_unet(&fixture("unet_cond_legacy"), &config, &dev).unwrap_err().to_string();
     assert!(err.contains("label_emb"), "{err}");
@@ -115,4 +115,26 @@ fn networks_from_reference_flags_have_the_reference_parameter_counts() {
     let typo = serde_json::json!({"image_size": 64, "num_chanels": 64});
     let err = unet_from_flags(typo.as_object().unwrap()).unwrap_err().to_string();
     assert!(err.contains("num_chanels"), "{err}");
+}
+
+/// A model spec written before a configuration field existed (the fixtures' configurations
+/// predate `null_class`) still reads, the field taking its default, and `null_class` builds the
+/// extra label row.
+#[test]
+fn model_specs_without_newer_fields_still_parse() {
+    use diffusion_models::checkpoint::ModelSpec;
+    let case = REF["unets"].as_array().unwrap().iter().find(|c| c["name"] == "unet_cond_legacy").unwrap();
+    assert!(case["config"].get("null_class").is_none());
+    let spec: ModelSpec =
+        serde_json::from_value(serde_json::json!({"kind": "unet", "config": case["config"]})).unwrap();
+    let ModelSpec::Unet(config) = spec else { panic!("a UNet spec") };
+    assert!(!config.null_class);
+    let classes = config.num_classes.unwrap();
+    let plain = config.clone().init(&device());
+    assert_eq!(plain.null_label(), None);
+    let with_null = config.with_null_class(true).init(&device());
+    assert_eq!(with_null.null_label(), Some(classes));
+    assert_eq!(with_null.label_emb.unwrap().weight.dims()[0], classes + 1);
+    let bad = UNetConfig::new(8, 1, 32, 1, 1, vec![], vec![1]).with_null_class(true);
+    assert!(bad.try_init(&device()).unwrap_err().to_string().contains("class-conditional"));
 }

@@ -32,7 +32,7 @@ impl Net {
     fn load(case: &Value, device: &Device) -> Self {
         let name = case["name"].as_str().unwrap();
         let path = fixture(&format!("{name}.pt"));
-        let config: UNetConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let config: UNetConfig = UNetConfig::from_json(&case["config"]).unwrap();
         if case["pool"].is_null() {
             Self::Unet(import_pytorch_unet(&path, &config, device).unwrap_or_else(|e| panic!("{name}: {e}")))
         } else {

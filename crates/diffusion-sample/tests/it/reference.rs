@@ -356,9 +356,9 @@ fn a_checkpoint_opened_from_the_library_steps_like_the_reference() {
         models[kind].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone()
     };
     let unet_cfg: UNetConfig =
-        serde_json::from_value(config_of("unets", "unet_cond_legacy")["config"].clone()).unwrap();
+        UNetConfig::from_json(&config_of("unets", "unet_cond_legacy")["config"]).unwrap();
     let clf_case = config_of("classifiers", "classifier_adaptive");
-    let clf_unet: UNetConfig = serde_json::from_value(clf_case["config"].clone()).unwrap();
+    let clf_unet = UNetConfig::from_json(&clf_case["config"]).unwrap();
     let pool: Pool = serde_json::from_value(clf_case["pool"].clone()).unwrap();
     let clf_cfg = EncoderUNetConfig::new(clf_unet).with_pool(pool);
     let dir = std::env::temp_dir().join(format!("diffusion-sample-ref-{}", std::process::id()));
