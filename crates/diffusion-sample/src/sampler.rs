@@ -441,6 +441,34 @@ fn level(t: f64) -> usize {
     t.round().max(0.0) as usize
 }
 
+/// A multistep solver over its own whole timesteps: at step k the network at `timesteps[k]`,
+/// then `step(k, x, output)` → (next sample, x̂_0).
+fn multistep_loop<const D: usize>(
+    diffusion: &GaussianDiffusion,
+    model: &dyn Denoiser<D>,
+    x: Tensor<D>,
+    timesteps: &[usize],
+    options: &SampleOptions,
+    mut step: impl FnMut(usize, Tensor<D>, Tensor<D>) -> Result<(Tensor<D>, Tensor<D>)>,
+) -> Result<SampleOutput<D>> {
+    let mut x = x;
+    let mut out = SampleOutput { sample: x.clone(), trajectory: Vec::new(), pred_x0: Vec::new() };
+    let n = timesteps.len();
+    for (k, &t) in timesteps.iter().enumerate() {
+        let m = output_at(diffusion, model, x.clone(), t as f64)?;
+        let (sample, pred_x0) = step(k, x, m)?;
+        x = sample;
+        if let Some(every) = options.record_every
+            && (k % every.max(1) == 0 || k + 1 == n)
+        {
+            out.trajectory.push((t, x.clone()));
+            out.pred_x0.push((t, pred_x0));
+        }
+    }
+    out.sample = x;
+    Ok(out)
+}
+
 /// DPM-Solver++ over its own schedule (timesteps not those of `diffusion`'s levels).
 fn dpm_loop<const D: usize>(
     diffusion: &GaussianDiffusion,
@@ -450,26 +478,14 @@ fn dpm_loop<const D: usize>(
     solver: &DpmSolver,
     options: &SampleOptions,
 ) -> Result<SampleOutput<D>> {
-    let mut x = x;
     let mut state = DpmState::default();
-    let mut out = SampleOutput { sample: x.clone(), trajectory: Vec::new(), pred_x0: Vec::new() };
     let n = solver.num_steps();
-    for k in 0..n {
-        let t = solver.timesteps[k] as f64;
-        let m = output_at(diffusion, model, x.clone(), t)?;
+    multistep_loop(diffusion, model, x, &solver.timesteps, options, |k, x, m| {
         let noisy = solver.algorithm == DpmAlgorithm::SdeDpmSolverPp && k + 1 < n;
         let noise = if noisy { Some(z(step_key(n - 1 - k, 0))?) } else { None };
         let s = solver.step(&mut state, x, m, noise)?;
-        x = s.sample;
-        if let Some(every) = options.record_every
-            && (k % every.max(1) == 0 || k + 1 == n)
-        {
-            out.trajectory.push((level(t), x.clone()));
-            out.pred_x0.push((level(t), s.pred_x0));
-        }
-    }
-    out.sample = x;
-    Ok(out)
+        Ok((s.sample, s.pred_x0))
+    })
 }
 
 /// UniPC over its schedule (deterministic: no noise).
@@ -480,24 +496,11 @@ fn unipc_loop<const D: usize>(
     solver: &UniPc,
     options: &SampleOptions,
 ) -> Result<SampleOutput<D>> {
-    let mut x = x;
     let mut state = UniPcState::default();
-    let mut out = SampleOutput { sample: x.clone(), trajectory: Vec::new(), pred_x0: Vec::new() };
-    let n = solver.num_steps();
-    for k in 0..n {
-        let t = solver.timesteps[k] as f64;
-        let m = output_at(diffusion, model, x.clone(), t)?;
+    multistep_loop(diffusion, model, x, &solver.timesteps, options, |_, x, m| {
         let s = solver.step(&mut state, x, m)?;
-        x = s.sample;
-        if let Some(every) = options.record_every
-            && (k % every.max(1) == 0 || k + 1 == n)
-        {
-            out.trajectory.push((level(t), x.clone()));
-            out.pred_x0.push((level(t), s.pred_x0));
-        }
-    }
-    out.sample = x;
-    Ok(out)
+        Ok((s.sample, s.pred_x0))
+    })
 }
 
 /// Euler / Euler-ancestral / Heun: x̃ = z · init_noise_sigma, then every network call.

@@ -7,38 +7,18 @@
 
 use std::sync::LazyLock;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use diffusion_core::{BetaSchedule, GaussianDiffusion, ModelMean, SigmaSchedule, TimestepSpacing};
 use diffusion_sample::dpm_solver::{DpmAlgorithm, DpmSolver, DpmState, dpm_timesteps};
-use diffusion_sample::{LoopNoise, Method, SampleOptions, StepSchedule, sample_with};
+use diffusion_sample::{Method, SampleOptions, StepSchedule, sample_with};
 use serde_json::Value;
+
+use crate::golden::{StepNoise, f64s, floats, slice, tensor4};
 
 static REF: LazyLock<Value> = LazyLock::new(|| {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/dpm_solver.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 });
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn tensor4(v: &Value, device: &Device) -> Tensor<4> {
-    let shape: Vec<usize> =
-        v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-    Tensor::from_data(TensorData::new(floats(&v["data"]), shape), device)
-}
-
-/// Slice `k` of a stacked `[N, …]` tensor.
-fn slice(v: &Value, k: usize, device: &Device) -> Tensor<4> {
-    let shape: Vec<usize> =
-        v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-    let per: usize = shape[1..].iter().product();
-    let data: Vec<f32> = v["data"].as_array().unwrap()[k * per..(k + 1) * per]
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    Tensor::from_data(TensorData::new(data, shape[1..].to_vec()), device)
-}
 
 /// Every diffusers run of the grid {2M, 3M, SDE-2M} × {ε, x_0, v} × {10, 20 steps} × {linspace,
 /// trailing, leading} × {linear, cosine}: the timesteps, σ, the order of every step and the
@@ -117,8 +97,7 @@ fn dpm_solver_runs_equal_diffusers() {
         kept.reverse();
         let config = diffusion_core::DiffusionConfig { mean: prediction, ..Default::default() };
         let respaced = d.clone().with_config(config).respace(&kept).unwrap();
-        let noise =
-            StoredNoise { noises: &root["inputs"]["noises"], x_t: x_t.clone(), n, device: dev.clone() };
+        let noise = StepNoise { noises: &root["inputs"]["noises"], x_t: x_t.clone(), n, device: dev.clone() };
         let net = |x: Tensor<4>, t: Tensor<1>| {
             let b = x.dims()[0];
             x.clone().mul_scalar(ab[0]) + t.reshape([b, 1, 1, 1]).mul_scalar(ab[1]) + x.zeros_like()
@@ -148,10 +127,6 @@ fn dpm_solver_runs_equal_diffusers() {
         compared += 1;
     }
     assert_eq!((compared, karras), (108, 36));
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn assert_close(got: &Tensor<4>, want: &[f32], what: &str) {
@@ -248,7 +223,7 @@ fn dpm_solver_karras_runs_equal_diffusers() {
         }
         if !cosine {
             let noise =
-                StoredNoise { noises: &root["inputs"]["noises"], x_t: x_t.clone(), n, device: dev.clone() };
+                StepNoise { noises: &root["inputs"]["noises"], x_t: x_t.clone(), n, device: dev.clone() };
             let net = |x: Tensor<4>, t: Tensor<1>| {
                 let b = x.dims()[0];
                 x.clone().mul_scalar(ab[0]) + t.reshape([b, 1, 1, 1]).mul_scalar(ab[1]) + x.zeros_like()
@@ -267,23 +242,4 @@ fn dpm_solver_karras_runs_equal_diffusers() {
         compared += 1;
     }
     assert_eq!((compared, looped_runs, failed_in_diffusers), (24, 12, 12));
-}
-
-/// diffusers' noise by step: step k of n is level n − 1 − k of the respaced process.
-struct StoredNoise<'a> {
-    noises: &'a Value,
-    x_t: Tensor<4>,
-    n: usize,
-    device: Device,
-}
-
-impl LoopNoise<4> for StoredNoise<'_> {
-    fn initial(&self) -> Tensor<4> {
-        self.x_t.clone()
-    }
-
-    fn step(&self, key: u64) -> Tensor<4> {
-        let level = (key >> 20) as usize;
-        slice(self.noises, self.n - 1 - level, &self.device)
-    }
 }

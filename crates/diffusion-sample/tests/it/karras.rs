@@ -10,56 +10,18 @@
 
 use std::sync::LazyLock;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use diffusion_core::{BetaSchedule, GaussianDiffusion, ModelMean, TimestepSpacing};
 use diffusion_sample::karras::{Churn, KarrasMethod, KarrasSampler, KarrasState};
-use diffusion_sample::{LoopNoise, Method, SampleOptions, StepSchedule, sample_with};
+use diffusion_sample::{Method, SampleOptions, StepSchedule, sample_with};
 use serde_json::Value;
+
+use crate::golden::{StepNoise, assert_close_to_scale, f32s_as_f64, floats, slice, tensor4};
 
 static REF: LazyLock<Value> = LazyLock::new(|| {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/k_schedulers.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 });
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-/// float32 values (written as shortest f32 decimals) as f64: parsed as f32 first.
-fn f32s_as_f64(v: &Value) -> Vec<f64> {
-    floats(v).into_iter().map(f64::from).collect()
-}
-
-/// Slice `k` of a stacked `[N, …]` tensor.
-fn slice(v: &Value, k: usize, device: &Device) -> Tensor<4> {
-    let shape: Vec<usize> =
-        v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-    let per: usize = shape[1..].iter().product();
-    let data: Vec<f32> = v["data"].as_array().unwrap()[k * per..(k + 1) * per]
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    Tensor::from_data(TensorData::new(data, shape[1..].to_vec()), device)
-}
-
-fn tensor4(v: &Value, device: &Device) -> Tensor<4> {
-    let shape: Vec<usize> =
-        v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-    Tensor::from_data(TensorData::new(floats(&v["data"]), shape), device)
-}
-
-fn values(t: &Tensor<4>) -> Vec<f32> {
-    t.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-}
-
-/// `|a − b| ≤ tol · max(1, max |b|)` elementwise.
-fn assert_close(got: &Tensor<4>, want: &Tensor<4>, tol: f32, what: &str) {
-    let (got, want) = (values(got), values(want));
-    let scale = want.iter().fold(1.0_f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-        assert!((a - b).abs() <= tol * scale, "{what}: element {i}: ours {a}, diffusers {b} (scale {scale})");
-    }
-}
 
 struct Run {
     method: KarrasMethod,
@@ -200,7 +162,7 @@ fn karras_samplers_equal_diffusers() {
                 model_t[e]
             );
             let input = sampler.scale_model_input(&state, x.clone()).unwrap();
-            assert_close(
+            assert_close_to_scale(
                 &input,
                 &slice(&run["model_in"], e, &dev),
                 tol,
@@ -212,7 +174,12 @@ fn karras_samplers_equal_diffusers() {
                 slice(noises, noise_calls.len() - 1, &dev)
             });
             let step = sampler.step(&mut state, x, out, noise).unwrap();
-            assert_close(&step.sample, &slice(&run["samples"], e, &dev), tol, &format!("{what}: sample {e}"));
+            assert_close_to_scale(
+                &step.sample,
+                &slice(&run["samples"], e, &dev),
+                tol,
+                &format!("{what}: sample {e}"),
+            );
             x = step.sample;
             e += 1;
         }
@@ -245,30 +212,16 @@ fn karras_samplers_equal_diffusers() {
             // Our own f64 tables here: σ_0 from f64 ᾱ_0 = 0.9999 is 1e-4 away from diffusers'
             // f32 one, which moves the last steps by up to 1e-4 of the scale.
             let loop_tol = tol.max(5e-4);
-            assert_close(&out.sample, &tensor4(&run["final"], &dev), loop_tol, &format!("{what}: loop"));
+            assert_close_to_scale(
+                &out.sample,
+                &tensor4(&run["final"], &dev),
+                loop_tol,
+                &format!("{what}: loop"),
+            );
             assert_eq!(method.evaluations(&d), model_t.len(), "{what}: evaluations");
         }
         compared += 1;
     }
     assert_eq!((compared, errors), (152, 26));
     assert_eq!(calls, 2955, "network calls compared");
-}
-
-/// The loop's noise: step `k` of `n` is keyed as level `n − 1 − k`; diffusers' noise call k.
-struct StepNoise<'a> {
-    noises: &'a Value,
-    x_t: Tensor<4>,
-    n: usize,
-    device: Device,
-}
-
-impl LoopNoise<4> for StepNoise<'_> {
-    fn initial(&self) -> Tensor<4> {
-        self.x_t.clone()
-    }
-
-    fn step(&self, key: u64) -> Tensor<4> {
-        let level = (key >> 20) as usize;
-        slice(self.noises, self.n - 1 - level, &self.device)
-    }
 }

@@ -522,6 +522,7 @@ mod likelihood {
 mod cfg;
 mod checkpoint;
 mod dpm_solver;
+mod golden;
 mod karras;
 mod reference;
 mod sync;

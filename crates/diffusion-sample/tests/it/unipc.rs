@@ -9,48 +9,19 @@
 
 use std::sync::LazyLock;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use diffusion_core::{BetaSchedule, GaussianDiffusion, ModelMean, SigmaSchedule, TimestepSpacing};
 use diffusion_sample::dpm_solver::dpm_timesteps;
 use diffusion_sample::unipc::{UniPc, UniPcState, UniPcVariant};
 use diffusion_sample::{LoopNoise, Method, SampleOptions, StepSchedule, sample_with};
 use serde_json::Value;
 
+use crate::golden::{assert_close_to_scale, f32s_as_f64, floats, slice, tensor4};
+
 static REF: LazyLock<Value> = LazyLock::new(|| {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/unipc_ddim.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 });
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn slice(v: &Value, k: usize, device: &Device) -> Tensor<4> {
-    let shape: Vec<usize> =
-        v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-    let per: usize = shape[1..].iter().product();
-    let data: Vec<f32> = v["data"].as_array().unwrap()[k * per..(k + 1) * per]
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    Tensor::from_data(TensorData::new(data, shape[1..].to_vec()), device)
-}
-
-fn tensor4(v: &Value, device: &Device) -> Tensor<4> {
-    let shape: Vec<usize> =
-        v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
-    Tensor::from_data(TensorData::new(floats(&v["data"]), shape), device)
-}
-
-/// `|a − b| ≤ tol · max(1, max |b|)` elementwise.
-fn assert_close(got: &Tensor<4>, want: &Tensor<4>, tol: f32, what: &str) {
-    let got = got.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let want = want.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-    let scale = want.iter().fold(1.0_f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-        assert!((a - b).abs() <= tol * scale, "{what}: element {i}: ours {a}, diffusers {b} (scale {scale})");
-    }
-}
 
 struct NoNoise(Tensor<4>);
 
@@ -115,10 +86,7 @@ fn unipc_runs_equal_diffusers() {
             "{variant:?} order {order} {key} n={n} {spacing:?} karras={karras} cosine={cosine} zero_snr={zero_snr} \
              sigma_min={sigma_min} disable={disable:?}"
         );
-        let ab: Vec<f64> = floats(&root["schedules"][run["schedule"].as_str().unwrap()]["alphas_cumprod"])
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let ab = f32s_as_f64(&root["schedules"][run["schedule"].as_str().unwrap()]["alphas_cumprod"]);
         let steps = dpm_timesteps(1000, n, spacing).unwrap();
         let mut sched = SigmaSchedule::multistep(&ab, &steps, karras.then_some(7.0), cosine).unwrap();
         if sigma_min {
@@ -148,7 +116,7 @@ fn unipc_runs_equal_diffusers() {
             let want_c = run["corrector_orders"][k].as_u64().unwrap_or(0);
             assert_eq!(s.corrector_order as u64, want_c, "{what}: corrector order at {k}");
             if let Some(c) = &s.corrected {
-                assert_close(
+                assert_close_to_scale(
                     c,
                     &slice(&run["predictor_in"], k, &dev),
                     1e-4,
@@ -156,8 +124,18 @@ fn unipc_runs_equal_diffusers() {
                 );
                 corrected += 1;
             }
-            assert_close(&s.pred_x0, &slice(&run["x0_pred"], k, &dev), 1e-4, &format!("{what}: x̂_0 {k}"));
-            assert_close(&s.sample, &slice(&run["samples"], k, &dev), 1e-4, &format!("{what}: sample {k}"));
+            assert_close_to_scale(
+                &s.pred_x0,
+                &slice(&run["x0_pred"], k, &dev),
+                1e-4,
+                &format!("{what}: x̂_0 {k}"),
+            );
+            assert_close_to_scale(
+                &s.sample,
+                &slice(&run["samples"], k, &dev),
+                1e-4,
+                &format!("{what}: sample {k}"),
+            );
             x = s.sample;
         }
         if !cosine && !zero_snr && !sigma_min && disable.is_empty() {
@@ -177,7 +155,7 @@ fn unipc_runs_equal_diffusers() {
             let no_clip = SampleOptions { clip_denoised: false, record_every: None };
             let out =
                 sample_with(&d, &net, x_t.clone(), &NoNoise(x_t.clone()), method, &no_clip, None).unwrap();
-            assert_close(&out.sample, &tensor4(&run["final"], &dev), 5e-4, &format!("{what}: loop"));
+            assert_close_to_scale(&out.sample, &tensor4(&run["final"], &dev), 5e-4, &format!("{what}: loop"));
             looped += 1;
         }
         compared += 1;
@@ -250,8 +228,13 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
             let s = diffusion_sample::step::ddim_step(&r, x, level, out, eta, noise, &options).unwrap();
             if let Some(j) = stored.iter().position(|&q| q == k) {
                 // diffusers' f32 ᾱ against our f64 ᾱ: 1e-4 of the scale.
-                assert_close(&s.pred_x0, &slice(&run["x0_pred"], j, &dev), 1e-4, &format!("{what}: x̂_0 {k}"));
-                assert_close(
+                assert_close_to_scale(
+                    &s.pred_x0,
+                    &slice(&run["x0_pred"], j, &dev),
+                    1e-4,
+                    &format!("{what}: x̂_0 {k}"),
+                );
+                assert_close_to_scale(
                     &s.sample,
                     &slice(&run["samples"], j, &dev),
                     1e-4,
@@ -260,7 +243,7 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
             }
             x = s.sample;
         }
-        assert_close(&x, &tensor4(&run["final"], &dev), 1e-4, &format!("{what}: final"));
+        assert_close_to_scale(&x, &tensor4(&run["final"], &dev), 1e-4, &format!("{what}: final"));
         compared += 1;
     }
     assert_eq!(compared + not_expressible, 215);
