@@ -38,11 +38,14 @@ fn bench_core(c: &mut Criterion) {
     group.bench_function("training_losses L_simple", |b| {
         b.iter(|| sync(simple.training_losses(x0.clone(), t.clone(), noise.clone(), |x_t, _| x_t).loss))
     });
-    let hybrid = simple.clone().with_config(DiffusionConfig {
-        variance: ModelVariance::LearnedRange,
-        loss: LossKind::RescaledMse,
-        ..DiffusionConfig::default()
-    });
+    let hybrid = simple
+        .clone()
+        .with_config(DiffusionConfig {
+            variance: ModelVariance::LearnedRange,
+            loss: LossKind::RescaledMse,
+            ..DiffusionConfig::default()
+        })
+        .expect("the hybrid process");
     group.bench_function("training_losses L_hybrid", |b| {
         b.iter(|| {
             let l = hybrid.training_losses(x0.clone(), t.clone(), noise.clone(), |x_t, _| {

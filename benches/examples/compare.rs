@@ -82,7 +82,7 @@ fn main() {
     };
     let mut cfg = TrainConfig::preset("swissroll").expect("preset");
     cfg.model = spec.clone();
-    cfg.process = ProcessSpec { schedule: BetaSchedule::Cosine { num_timesteps: 1000 }, config };
+    cfg.process = ProcessSpec::new(BetaSchedule::Cosine { num_timesteps: 1000 }, config);
     cfg.data = data.into();
     cfg.image_size = 32;
     cfg.batch_size = batch;

@@ -73,12 +73,19 @@ pub struct ProcessArgs {
     /// What the network predicts (default epsilon).
     #[arg(long, value_enum)]
     pub mean: Option<MeanArg>,
+    /// The process's β rescaled to zero terminal SNR (Lin et al. 2023; needs `--mean velocity`).
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
 }
 
 impl ProcessArgs {
     /// Whether any process flag was given.
     pub fn given(&self) -> bool {
-        self.schedule.is_some() || self.steps.is_some() || self.variance.is_some() || self.mean.is_some()
+        self.schedule.is_some()
+            || self.steps.is_some()
+            || self.variance.is_some()
+            || self.mean.is_some()
+            || self.zero_terminal_snr
     }
 
     /// The process the flags describe, on top of `base` (defaults: linear, 1000 steps, ε, and
@@ -110,7 +117,10 @@ impl ProcessArgs {
         if let Some(m) = self.mean {
             config.mean = m.into();
         }
-        Ok(ProcessSpec { schedule, config })
+        let zero_terminal_snr = self.zero_terminal_snr || base.is_some_and(|b| b.zero_terminal_snr);
+        let spec = ProcessSpec { schedule, config, zero_terminal_snr };
+        spec.build().context("the process (--schedule/--steps/--variance/--mean/--zero-terminal-snr)")?;
+        Ok(spec)
     }
 
     /// The process the flags describe alone.

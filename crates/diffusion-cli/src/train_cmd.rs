@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// start-x or velocity (v-prediction, Salimans & Ho 2022).
     #[arg(long, value_enum)]
     pub prediction: Option<MeanArg>,
+    /// Rescale the β schedule to zero terminal SNR (Lin et al. 2023): x_T is pure noise, as
+    /// sampling starts. Needs `--prediction velocity`.
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
     /// Classifier-free guidance training: drop each class label with this probability, learning
     /// the UNet's null class alongside (sets model.null_class; 0.1–0.2 is usual). Sample with
     /// `diffusion sample --cfg-scale S`.
@@ -162,6 +166,9 @@ pub fn run(args: &TrainArgs, device: DeviceSpec) -> Result<()> {
     }
     if let Some(m) = args.prediction {
         cfg.process.config.mean = m.into();
+    }
+    if args.zero_terminal_snr {
+        cfg.process.zero_terminal_snr = true;
     }
     if args.min_snr_gamma.is_some() {
         cfg.min_snr_gamma = args.min_snr_gamma;

@@ -260,9 +260,7 @@ impl GaussianDiffusion {
     /// A process from β (each in (0, 1], at least 2 of them).
     pub fn new(betas: Vec<f64>, config: DiffusionConfig) -> Result<Self> {
         let tables = DiffusionTables::new(betas)?;
-        if tables.alphas_cumprod.last().is_some_and(|&a| a <= 0.0) {
-            return Err(Error::ZeroTerminalSnr);
-        }
+        check_terminal_snr(&tables, config)?;
         let n = tables.num_timesteps();
         Ok(Self {
             tables,
@@ -330,10 +328,18 @@ impl GaussianDiffusion {
         self.config
     }
 
-    /// The same process with another parameterisation.
-    pub fn with_config(mut self, config: DiffusionConfig) -> Self {
+    /// The same process with another parameterisation (refused, as by [`Self::new`], where ᾱ
+    /// reaches 0 and the new mean is not v).
+    pub fn with_config(mut self, config: DiffusionConfig) -> Result<Self> {
+        check_terminal_snr(&self.tables, config)?;
         self.config = config;
-        self
+        Ok(self)
+    }
+
+    /// Whether ᾱ reaches 0 at the last step (zero terminal SNR, Lin et al. 2023): x_T is then pure
+    /// noise, σ_T = ∞, and ε̂ at that step is x_T itself.
+    pub fn has_zero_terminal_snr(&self) -> bool {
+        self.tables.alphas_cumprod.last().is_some_and(|&a| a == 0.0)
     }
 
     /// T, the number of steps of this (possibly respaced) process.
@@ -484,8 +490,24 @@ impl GaussianDiffusion {
     ) -> Tensor<D> {
         let dims = x_t.dims();
         assert_eq!(x0.dims(), dims, "predict_eps_from_x0: x0 must have the shape of x_t");
-        (self.extract(&self.tables.sqrt_recip_alphas_cumprod, &t, dims) * x_t - x0)
-            / self.extract(&self.tables.sqrt_recipm1_alphas_cumprod, &t, dims)
+        let tb = &self.tables;
+        if !self.has_zero_terminal_snr() {
+            return (self.extract(&tb.sqrt_recip_alphas_cumprod, &t, dims) * x_t - x0)
+                / self.extract(&tb.sqrt_recipm1_alphas_cumprod, &t, dims);
+        }
+        // Where ᾱ = 0 both coefficients are infinite and the limit is ε̂ = x_t (x_t = ε there):
+        // ε̂ = m (a x_t − x̂_0)/b + (1 − m) x_t with m = 0, a = 0, b = 1 at those steps; the same
+        // numbers as above elsewhere.
+        let pick = |table: &[f64], zero: f64| -> Vec<f64> {
+            table.iter().zip(&tb.alphas_cumprod).map(|(&v, &a)| if a == 0.0 { zero } else { v }).collect()
+        };
+        let a = pick(&tb.sqrt_recip_alphas_cumprod, 0.0);
+        let b = pick(&tb.sqrt_recipm1_alphas_cumprod, 1.0);
+        let keep: Vec<f64> = tb.alphas_cumprod.iter().map(|&a| if a == 0.0 { 0.0 } else { 1.0 }).collect();
+        let noise: Vec<f64> = keep.iter().map(|k| 1.0 - k).collect();
+        (self.extract(&a, &t, dims) * x_t.clone() - x0) / self.extract(&b, &t, dims)
+            * self.extract(&keep, &t, dims)
+            + self.extract(&noise, &t, dims) * x_t
     }
 
     /// x̂_0 = (x_{t−1} − coef2 · x_t)/coef1, inverting the posterior mean.
@@ -775,6 +797,20 @@ impl GaussianDiffusion {
     }
 }
 
+/// Refuses a zero-terminal-SNR table (ᾱ = 0 at the last step) for any mean but v.
+fn check_terminal_snr(tables: &DiffusionTables, config: DiffusionConfig) -> Result<()> {
+    if tables.alphas_cumprod.last().is_some_and(|&a| a <= 0.0) && config.mean != ModelMean::Velocity {
+        let mean = match config.mean {
+            ModelMean::Epsilon => "epsilon",
+            ModelMean::StartX => "start_x",
+            ModelMean::PreviousX => "previous_x",
+            ModelMean::Velocity => "velocity",
+        };
+        return Err(Error::ZeroTerminalSnr { mean: mean.into() });
+    }
+    Ok(())
+}
+
 /// A process as data: the schedule and the parameterisation (what a checkpoint records so that
 /// sampling needs no flags).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -784,6 +820,11 @@ pub struct ProcessSpec {
     /// Mean, variance, loss and timestep-input choices.
     #[serde(default)]
     pub config: DiffusionConfig,
+    /// Rescale the schedule's β to zero terminal SNR (Lin et al. 2023, Algorithm 1;
+    /// [`crate::rescale_zero_terminal_snr`]): ᾱ_T = 0, so x_T is pure noise as sampling assumes.
+    /// Needs `config.mean` = v.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero_terminal_snr: bool,
 }
 
 /// The diffusion layer's part of a checkpoint header: the process the network was trained for.
@@ -801,8 +842,15 @@ pub struct ProcessRecord {
 }
 
 impl ProcessSpec {
+    /// The process of `schedule` as it is (no zero-terminal-SNR rescaling) with `config`.
+    pub fn new(schedule: BetaSchedule, config: DiffusionConfig) -> Self {
+        Self { schedule, config, zero_terminal_snr: false }
+    }
+
     /// Builds the process.
     pub fn build(&self) -> Result<GaussianDiffusion> {
-        GaussianDiffusion::from_schedule(&self.schedule, self.config)
+        let betas = self.schedule.betas()?;
+        let betas = if self.zero_terminal_snr { crate::rescale_zero_terminal_snr(&betas) } else { betas };
+        GaussianDiffusion::new(betas, self.config)
     }
 }

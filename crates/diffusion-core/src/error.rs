@@ -9,13 +9,17 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// ᾱ reaches 0 at the last step (zero terminal SNR), which the ε and x_0 parameterisations
-    /// and the samplers cannot use yet.
+    /// ᾱ reaches 0 at the last step (zero terminal SNR) but the network does not predict v: at
+    /// ᾱ = 0 the input x_T is pure noise, so ε is the input itself and x_0 cannot be recovered
+    /// from a prediction of ε (Lin et al. 2023, §3.2).
     #[error(
-        "alphas_cumprod reaches 0 at the last step (zero terminal SNR): that needs v-prediction \
-         throughout sampling, which is not supported yet; use a schedule whose last alpha-bar is > 0"
+        "alphas_cumprod reaches 0 at the last step (zero terminal SNR), where x_T is pure noise: \
+         that needs a network that predicts v (mean = velocity), but this process's mean is {mean}"
     )]
-    ZeroTerminalSnr,
+    ZeroTerminalSnr {
+        /// The parameterisation that was asked for.
+        mean: String,
+    },
     /// A schedule needs at least one step (`T = 0` was given).
     #[error("a diffusion schedule needs at least one timestep (T = 0 was given)")]
     NoTimesteps,

@@ -82,7 +82,8 @@ pub use schedule::{
     rescale_zero_terminal_snr,
 };
 pub use sigmas::{
-    SigmaSchedule, continuous_timesteps, interp_sigma, karras_sigmas, sigma_to_t, training_sigmas,
+    SigmaSchedule, ZERO_SNR_ALPHA_BAR, continuous_timesteps, interp_sigma, karras_sigmas, sigma_alpha_bar,
+    sigma_to_t, training_sigmas,
 };
 pub use tables::DiffusionTables;
 pub use timestep_sampler::{LossSecondMomentSampler, TimestepBatch, TimestepSampler, UniformSampler};

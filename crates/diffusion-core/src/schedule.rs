@@ -115,9 +115,10 @@ pub fn cosine_betas(num_timesteps: usize) -> Result<Vec<f64>> {
 /// its first is unchanged, then β_t = 1 − ᾱ_t/ᾱ_{t−1}. The last β is then 1 (ᾱ_{T−1} = 0: pure
 /// noise at the last step).
 ///
-/// A process built from these betas is refused by [`crate::GaussianDiffusion`] for now: at
-/// ᾱ = 0 the ε- and x_0-parameterisations are undefined, and the samplers need v-prediction
-/// throughout to use it (not built yet).
+/// A process built from these betas needs v-prediction ([`crate::GaussianDiffusion::new`]
+/// refuses any other mean); [`crate::ProcessSpec::zero_terminal_snr`] applies the rescaling.
+/// The σ-parameterised samplers put ᾱ_T = 2⁻²⁴ in place of 0, as diffusers does
+/// ([`crate::training_sigmas`]).
 pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
     let mut acc = 1.0;
     let sqrt_ab: Vec<f64> = betas

@@ -18,9 +18,26 @@
 use crate::error::{Error, Result};
 use crate::respace::{TimestepSpacing, spaced_timesteps};
 
-/// σ_t = √((1 − ᾱ_t)/ᾱ_t) for each ᾱ_t (increasing in t; infinite where ᾱ = 0).
+/// The ᾱ that stands for ᾱ = 0 (zero terminal SNR) in the σ parameterisation: 2⁻²⁴, as
+/// diffusers' Euler, Euler-ancestral, DPM-Solver and UniPC schedulers put in place of the last ᾱ
+/// when `rescale_betas_zero_snr` is set (σ_T ≈ 4096 instead of ∞).
+pub const ZERO_SNR_ALPHA_BAR: f64 = 1.0 / 16_777_216.0;
+
+/// ᾱ_t with a 0 replaced by [`ZERO_SNR_ALPHA_BAR`]: what the σ-parameterised samplers use.
+pub fn sigma_alpha_bar(alpha_bar: f64) -> f64 {
+    if alpha_bar == 0.0 { ZERO_SNR_ALPHA_BAR } else { alpha_bar }
+}
+
+/// σ_t = √((1 − ᾱ_t)/ᾱ_t) for each ᾱ_t (increasing in t), with ᾱ = 0 read as
+/// [`ZERO_SNR_ALPHA_BAR`] (so σ is finite).
 pub fn training_sigmas(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect()
+    alphas_cumprod
+        .iter()
+        .map(|&a| {
+            let a = sigma_alpha_bar(a);
+            ((1.0 - a) / a).sqrt()
+        })
+        .collect()
 }
 
 /// σ at the fractional timestep `t`: linear interpolation in t between the training steps

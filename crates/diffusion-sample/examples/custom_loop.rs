@@ -27,10 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => {
             let path = dir.join("tiny.ckpt");
             let config = UNetConfig::preset("tiny")?;
-            let process = ProcessSpec {
-                schedule: BetaSchedule::Linear { num_timesteps: 1000 },
-                config: DiffusionConfig { variance: ModelVariance::LearnedRange, ..Default::default() },
-            };
+            let process = ProcessSpec::new(
+                BetaSchedule::Linear { num_timesteps: 1000 },
+                DiffusionConfig { variance: ModelVariance::LearnedRange, ..Default::default() },
+            );
             let extra = serde_json::to_value(ProcessRecord { diffusion: Some(process) })?;
             save_checkpoint(&path, &ModelSpec::Unet(config.clone()), &config.try_init(&device)?, extra)?;
             path

@@ -133,7 +133,8 @@ impl DpmSolver {
         let mut sigmas: Vec<f32> = timesteps
             .iter()
             .map(|&t| {
-                let a = ab[t] as f32;
+                // ᾱ = 0 (zero terminal SNR) is read as 2⁻²⁴, as diffusers does.
+                let a = diffusion_core::sigma_alpha_bar(ab[t]) as f32;
                 ((1.0 - a) / a).sqrt()
             })
             .collect();

@@ -413,7 +413,18 @@ fn condition_score_at<const D: usize>(
     let ab = &d.tables().alphas_cumprod;
     let eps = d.predict_eps_from_x0(x.clone(), at.t.clone(), p.pred_x0.clone())
         - at.mul(grad, |i| (1.0 - ab[i] as f32).sqrt());
-    let pred_x0 = d.predict_x0_from_eps(x.clone(), at.t.clone(), eps);
+    let pred_x0 = if d.has_zero_terminal_snr() {
+        // Where ᾱ = 0, x_t is pure noise and x̂_0 cannot be read from ε̂: the guided ε̂ moves the
+        // mean through the posterior, x̂_0 stays the network's.
+        let tb = d.tables();
+        let zero = |i: usize| ab[i] == 0.0;
+        let coef = |table: &[f64], i: usize| if zero(i) { 0.0 } else { table[i] as f32 };
+        at.mul(x.clone(), |i| coef(&tb.sqrt_recip_alphas_cumprod, i))
+            - at.mul(eps, |i| coef(&tb.sqrt_recipm1_alphas_cumprod, i))
+            + at.mul(p.pred_x0.clone(), |i| if zero(i) { 1.0 } else { 0.0 })
+    } else {
+        d.predict_x0_from_eps(x.clone(), at.t.clone(), eps)
+    };
     let mean = d.q_posterior_mean_variance(pred_x0.clone(), x, at.t.clone()).mean;
     Ok(PMeanVariance { mean, variance: p.variance.clone(), log_variance: p.log_variance.clone(), pred_x0 })
 }
@@ -613,6 +624,9 @@ pub fn langevin_step<const D: usize>(
             "the Langevin step scale must be > 0, got {step_scale}"
         )));
     }
+    if d.has_zero_terminal_snr() {
+        return Err(zero_snr_refused("annealed Langevin dynamics"));
+    }
     let at = At::new(d, &y, t)?;
     same_shape("the noise", &noise, y.dims())?;
     let ab = &d.tables().alphas_cumprod;
@@ -624,6 +638,14 @@ pub fn langevin_step<const D: usize>(
         + at.mul(at.mul(score.clone(), sqrt_ab), |i| (alpha(i) / 2.0) as f32)
         + at.mul(noise, |i| alpha(i).sqrt() as f32);
     Ok(LangevinStep { sample, score })
+}
+
+/// The error of a sampler that needs a finite σ at every level on a zero-terminal-SNR process.
+pub(crate) fn zero_snr_refused(what: &str) -> SampleError {
+    SampleError::InvalidOption(format!(
+        "{what} needs a finite noise level σ_t = √((1 − ᾱ_t)/ᾱ_t) at every step, but this process has zero \
+         terminal SNR (ᾱ_T = 0, σ_T = ∞): use ddpm, ddim, dpm-solver++, unipc, euler, euler-a or heun"
+    ))
 }
 
 /// Per-sample Euclidean norms.

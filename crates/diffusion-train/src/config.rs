@@ -273,9 +273,8 @@ impl TrainConfig {
     /// L_hybrid recipe), `cifar10-vlb` (L_VLB with importance sampling), `tiny` and `tiny-mlp`
     /// (seconds; for tests).
     pub fn preset(name: &str) -> Result<Self, TrainError> {
-        let process = |schedule, mean, variance, loss| ProcessSpec {
-            schedule,
-            config: DiffusionConfig { mean, variance, loss, ..Default::default() },
+        let process = |schedule, mean, variance, loss| {
+            ProcessSpec::new(schedule, DiffusionConfig { mean, variance, loss, ..Default::default() })
         };
         let eps = ModelMean::Epsilon;
         let cfg = match name {
@@ -544,6 +543,9 @@ impl TrainConfig {
             if self.process.config.mean == diffusion_core::ModelMean::PreviousX {
                 return bad("min_snr_gamma is defined for ε, x_0 and v predictions, not x_{t−1}".into());
             }
+        }
+        if let Err(e) = self.process.build() {
+            return bad(format!("process: {e}"));
         }
         if !(0.0..=1.0).contains(&self.offset_noise) {
             return bad(format!("offset_noise must be in [0, 1], got {}", self.offset_noise));

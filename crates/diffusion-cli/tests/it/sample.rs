@@ -232,3 +232,75 @@ fn point_models_are_compared_with_their_data() {
     assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Zero terminal SNR from the command line: an ε network is refused with the reason, a v one is
+/// saved with the option in its process and sampled from pure noise by the samplers that admit
+/// ᾱ_T = 0 (finite distances to the data), while Langevin is refused by name.
+#[test]
+fn zero_terminal_snr_checkpoints_sample_with_v_prediction() {
+    let d = dir("zsnr");
+    let ckpt = d.join("v.ckpt");
+    let c = ckpt.to_str().unwrap();
+    let e = fails(&["model", "--preset", "mlp", "--zero-terminal-snr", "--save", c]);
+    assert!(e.contains("zero terminal SNR") && e.contains("velocity"), "{e}");
+    ok(&[
+        "model",
+        "--preset",
+        "mlp",
+        "--zero-terminal-snr",
+        "--mean",
+        "velocity",
+        "--steps",
+        "100",
+        "--save",
+        c,
+    ]);
+    for sampler in [
+        &["--sampler", "ddim", "--respace", "trailing10"][..],
+        &["--sampler", "euler", "--sample-steps", "6", "--spacing", "trailing"],
+        &["--sampler", "dpm++2m", "--sample-steps", "6", "--spacing", "trailing"],
+        &["--sampler", "unipc", "--sample-steps", "6", "--spacing", "trailing"],
+    ] {
+        let png = d.join("s.png");
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            c,
+            "--num",
+            "64",
+            "--data",
+            "swissroll",
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        args.extend_from_slice(sampler);
+        let out = ok(&args);
+        let line = out.lines().find(|l| l.contains("sliced W2")).expect("a metrics line");
+        let w2: f64 = line
+            .split("sliced W2")
+            .nth(1)
+            .unwrap()
+            .trim_start_matches([' ', ',', '=', ':'])
+            .split([' ', ','])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(w2.is_finite() && w2 > 0.0, "{sampler:?}: {line}");
+    }
+    let e = fails(&[
+        "sample",
+        "--checkpoint",
+        c,
+        "--sampler",
+        "langevin",
+        "--respace",
+        "5",
+        "--num",
+        "4",
+        "--out",
+        d.join("l.png").to_str().unwrap(),
+    ]);
+    assert!(e.contains("zero terminal SNR"), "{e}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -246,6 +246,21 @@ fn bad_training_input_is_a_clear_error() {
     assert_eq!(cfg["label_dropout"], 0.2);
     assert_eq!(cfg["model"]["config"]["null_class"], true, "{cfg}");
     assert_eq!(cfg["process"]["config"]["mean"], "velocity");
+    // Zero terminal SNR: recorded in the process, and refused with the reason for ε.
+    let cfg: serde_json::Value = serde_json::from_str(&ok(&[
+        "train",
+        "--preset",
+        "tiny-mlp",
+        "--prediction",
+        "velocity",
+        "--zero-terminal-snr",
+        "--print-config",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(cfg["process"]["zero_terminal_snr"], true, "{cfg}");
+    let e = fails(&["train", "--preset", "tiny-mlp", "--zero-terminal-snr", "--out", "/tmp/x-never"]);
+    assert!(e.contains("zero terminal SNR") && e.contains("velocity"), "{e}");
     assert!(
         fails(&["train", "--preset", "swissroll", "--label-dropout", "0.1"])
             .contains("class-conditional UNet")

@@ -82,9 +82,9 @@ fn zero_terminal_snr_rescale_equals_diffusers() {
             acc *= 1.0 - b;
             assert!((acc - want_ab).abs() <= 1e-12, "{what}: alphas_cumprod[{k}]");
         }
-        // A process from these betas is refused with a reason rather than giving NaNs.
+        // A process from these betas is refused for ε-prediction with a reason, not NaNs.
         let err = diffusion_core::GaussianDiffusion::new(got, Default::default()).unwrap_err().to_string();
-        assert!(err.contains("zero terminal SNR"), "{what}: {err}");
+        assert!(err.contains("zero terminal SNR") && err.contains("epsilon"), "{what}: {err}");
     }
 }
 

@@ -10,3 +10,4 @@ mod diffusers;
 mod gradients;
 mod properties;
 mod reference;
+mod zero_snr;

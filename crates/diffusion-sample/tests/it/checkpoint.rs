@@ -9,10 +9,10 @@ use diffusion_models::{EncoderUNetConfig, MlpConfig};
 use diffusion_sample::{open_classifier, open_denoiser, open_denoiser_as};
 
 fn spec(variance: ModelVariance, steps: usize) -> ProcessSpec {
-    ProcessSpec {
-        schedule: BetaSchedule::Cosine { num_timesteps: steps },
-        config: DiffusionConfig { variance, ..Default::default() },
-    }
+    ProcessSpec::new(
+        BetaSchedule::Cosine { num_timesteps: steps },
+        DiffusionConfig { variance, ..Default::default() },
+    )
 }
 
 #[test]

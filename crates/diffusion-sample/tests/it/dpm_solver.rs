@@ -96,7 +96,7 @@ fn dpm_solver_runs_equal_diffusers() {
         let mut kept = timesteps.clone();
         kept.reverse();
         let config = diffusion_core::DiffusionConfig { mean: prediction, ..Default::default() };
-        let respaced = d.clone().with_config(config).respace(&kept).unwrap();
+        let respaced = d.clone().with_config(config).unwrap().respace(&kept).unwrap();
         let noise = StepNoise { noises: &root["inputs"]["noises"], x_t: x_t.clone(), n, device: dev.clone() };
         let net = |x: Tensor<4>, t: Tensor<1>| {
             let b = x.dims()[0];
@@ -121,7 +121,7 @@ fn dpm_solver_runs_equal_diffusers() {
             algorithm,
             schedule: Some(StepSchedule { steps: n, spacing, karras: false }),
         };
-        let d_pred = d.clone().with_config(config);
+        let d_pred = d.clone().with_config(config).unwrap();
         let looped = sample_with(&d_pred, &net, x_t.clone(), &noise, own, &no_clip, None).unwrap();
         assert_close(&looped.sample, &want, &format!("{what}: own-schedule loop"));
         compared += 1;

@@ -225,3 +225,43 @@ fn karras_samplers_equal_diffusers() {
     assert_eq!((compared, errors), (152, 26));
     assert_eq!(calls, 2955, "network calls compared");
 }
+
+/// A zero-terminal-SNR process of our own (β rescaled in f64, ᾱ_T = 0, read as 2⁻²⁴ by the σ
+/// samplers) gives diffusers' schedule for every v-prediction zero-SNR run: σ (up to the f32
+/// rescaling diffusers does: 1e-4 relative) and the first σ of about 4096.
+#[test]
+fn a_zero_snr_process_gives_diffusers_sigmas() {
+    let mut checked = 0;
+    for run in REF["runs"].as_array().unwrap() {
+        if !run["error"].is_null()
+            || !run["rescale_betas_zero_snr"].as_bool().unwrap()
+            || run["prediction_type"] != "v_prediction"
+        {
+            continue;
+        }
+        let r = parse(run);
+        let schedule = if r.cosine {
+            BetaSchedule::Cosine { num_timesteps: 1000 }
+        } else {
+            BetaSchedule::Linear { num_timesteps: 1000 }
+        };
+        let d = diffusion_core::ProcessSpec {
+            zero_terminal_snr: true,
+            ..diffusion_core::ProcessSpec::new(
+                schedule,
+                diffusion_core::DiffusionConfig { mean: r.prediction, ..Default::default() },
+            )
+        }
+        .build()
+        .unwrap();
+        let karras = run["use_karras_sigmas"].as_bool().unwrap();
+        let sampler = KarrasSampler::new(&d, r.method, r.n, r.spacing, karras, r.prediction).unwrap();
+        let want = floats(&run["sigmas"]);
+        assert_eq!(sampler.sigmas.len(), want.len(), "{}", r.what);
+        for (k, (a, b)) in sampler.sigmas.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * b.abs(), "{}: σ[{k}] ours {a}, diffusers {b}", r.what);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} zero-SNR runs");
+}

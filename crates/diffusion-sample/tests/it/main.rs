@@ -90,9 +90,9 @@ fn exact_moments(p: &GaussianDiffusion, method: Method) -> ([f64; 2], [f64; 2]) 
             let ab = tb.alphas_cumprod[i];
             let abp = tb.alphas_cumprod_prev[i];
             let k = (1.0 - ab).sqrt() / (ab * s * s + 1.0 - ab);
-            // x0_hat = ax * x + bx
-            let ax = 1.0 / ab.sqrt() - (1.0 / ab - 1.0).sqrt() * k;
-            let bx = (1.0 / ab - 1.0).sqrt() * k * ab.sqrt() * mu;
+            // x0_hat = E[x_0 | x] = ax * x + bx (finite at ᾱ = 0, zero terminal SNR: ax = 0, bx = μ)
+            let ax = ab.sqrt() * s * s / (ab * s * s + 1.0 - ab);
+            let bx = mu - ax * ab.sqrt() * mu;
             let (a, b, var) = match method {
                 Method::Ddpm => {
                     let (c1, c2) = (tb.posterior_mean_coef1[i], tb.posterior_mean_coef2[i]);
@@ -176,7 +176,8 @@ fn ancestral_and_ddim_sample_the_gaussian() {
     assert_exact_moments("DDPM fixed-small, 100 respaced steps", &fast, Method::Ddpm, out.sample);
     let large = fast
         .clone()
-        .with_config(DiffusionConfig { variance: ModelVariance::FixedLarge, ..Default::default() });
+        .with_config(DiffusionConfig { variance: ModelVariance::FixedLarge, ..Default::default() })
+        .unwrap();
     let out = sample(&large, &model, &ids(), [1, 2], &noise, Method::Ddpm, &opts(), None, &dev).unwrap();
     assert_exact_moments("DDPM fixed-large", &large, Method::Ddpm, out.sample);
     let ddim = base.respace_spec("ddim50").unwrap();
@@ -527,6 +528,7 @@ mod karras;
 mod reference;
 mod sync;
 mod unipc;
+mod zero_snr;
 
 /// DPM-Solver++ with the exact denoiser: order 1 is DDIM (η = 0) exactly, and 2M, 3M and SDE-2M
 /// over 200 steps of the cosine process return the data distribution. (At 20 steps ending at

@@ -364,10 +364,10 @@ fn a_checkpoint_opened_from_the_library_steps_like_the_reference() {
     let dir = std::env::temp_dir().join(format!("diffusion-sample-ref-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (unet_path, clf_path) = (dir.join("unet.ckpt"), dir.join("classifier.ckpt"));
-    let spec = ProcessSpec {
-        schedule: BetaSchedule::Linear { num_timesteps: 1000 },
-        config: DiffusionConfig { variance: ModelVariance::LearnedRange, ..Default::default() },
-    };
+    let spec = ProcessSpec::new(
+        BetaSchedule::Linear { num_timesteps: 1000 },
+        DiffusionConfig { variance: ModelVariance::LearnedRange, ..Default::default() },
+    );
     let unet = import_pytorch_unet(&models_fixture("unet_cond_legacy.pt"), &unet_cfg, &dev).unwrap();
     let extra = serde_json::to_value(ProcessRecord { diffusion: Some(spec) }).unwrap();
     save_checkpoint(&unet_path, &ModelSpec::Unet(unet_cfg), &unet, extra).unwrap();

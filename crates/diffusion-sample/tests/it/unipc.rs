@@ -175,13 +175,15 @@ fn unipc_runs_equal_diffusers() {
 /// the reason: linspace spacing (diffusers' previous timestep is not a step of the chain: 888 →
 /// 788 for n = 10), `set_alpha_to_one = false` (the last step lands on ᾱ_0, not 1),
 /// `clip_sample` (diffusers clips x̂_0 after ε̂ is computed, improved-diffusion — whose DDIM this
-/// is — before), and zero terminal SNR (ᾱ_T = 0, which `GaussianDiffusion` refuses).
+/// is — before), and zero terminal SNR with ε or x_0 prediction (ᾱ_T = 0 needs v, and
+/// `GaussianDiffusion` refuses the others with the reason). Zero terminal SNR with v is compared:
+/// there diffusers keeps ᾱ_T = 0 (no 2⁻²⁴), so x̂_0 = −v̂ and ε̂ = x_T at the first trailing step.
 #[test]
 fn ddim_matches_diffusers_where_the_chains_agree() {
     let dev = Device::flex();
     let root = &*REF;
     let x_t = tensor4(&root["inputs"]["x_T"], &dev);
-    let (mut compared, mut not_expressible) = (0, 0);
+    let (mut compared, mut not_expressible, mut zero_snr_compared) = (0, 0, 0);
     for run in root["ddim_runs"].as_array().unwrap() {
         let ts: Vec<usize> =
             run["timesteps"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
@@ -192,7 +194,7 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
         if !chain
             || !run["set_alpha_to_one"].as_bool().unwrap()
             || run["clip_sample"].as_bool().unwrap()
-            || run["rescale_betas_zero_snr"].as_bool().unwrap()
+            || (run["rescale_betas_zero_snr"].as_bool().unwrap() && run["prediction_type"] != "v_prediction")
         {
             not_expressible += 1;
             continue;
@@ -205,14 +207,24 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
             "sample" => (ModelMean::StartX, "sample"),
             _ => (ModelMean::Velocity, "v_prediction"),
         };
-        let what = format!("DDIM eta {eta} {key} n={n} {} cosine={cosine}", run["timestep_spacing"]);
+        let zero_snr = run["rescale_betas_zero_snr"].as_bool().unwrap();
+        let what = format!(
+            "DDIM eta {eta} {key} n={n} {} cosine={cosine} zero_snr={zero_snr}",
+            run["timestep_spacing"]
+        );
         let schedule = if cosine {
             BetaSchedule::Cosine { num_timesteps: 1000 }
         } else {
             BetaSchedule::Linear { num_timesteps: 1000 }
         };
         let config = diffusion_core::DiffusionConfig { mean: prediction, ..Default::default() };
-        let d = GaussianDiffusion::from_schedule(&schedule, config).unwrap();
+        let d = diffusion_core::ProcessSpec {
+            zero_terminal_snr: zero_snr,
+            ..diffusion_core::ProcessSpec::new(schedule, config)
+        }
+        .build()
+        .unwrap();
+        assert_eq!(d.has_zero_terminal_snr(), zero_snr, "{what}");
         let mut kept = ts.clone();
         kept.reverse();
         let r = d.respace(&kept).unwrap();
@@ -245,7 +257,9 @@ fn ddim_matches_diffusers_where_the_chains_agree() {
         }
         assert_close_to_scale(&x, &tensor4(&run["final"], &dev), 1e-4, &format!("{what}: final"));
         compared += 1;
+        zero_snr_compared += usize::from(zero_snr);
     }
     assert_eq!(compared + not_expressible, 215);
-    assert_eq!(compared, 72);
+    assert_eq!(compared, 72 + zero_snr_compared, "{zero_snr_compared} zero-SNR runs");
+    assert!(zero_snr_compared > 0, "zero terminal SNR with v is covered");
 }
