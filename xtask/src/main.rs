@@ -7,6 +7,7 @@
 //! cargo xtask check-gpu                            type-check the wgpu and cuda builds
 //! cargo xtask bench [criterion args…]              run the criterion benches
 //! cargo xtask bench-compare [--only a,b]           ours against PyTorch eager → docs/performance.md
+//! cargo xtask quality [toys|shapes|all] [--quick]  sample quality per network evaluation → docs/quality/
 //! cargo xtask <command> [--backend B] [args…]      build `diffusion` in release mode with backend B
 //!                                                  (cpu | wgpu | vulkan | cuda) and run `diffusion <command> args…`
 //! ```
@@ -40,6 +41,13 @@ fn run(args: &[String]) -> Result<(), String> {
             cargo(&[&["bench", "-p", "diffusion-benches", "--benches", "--"][..], &strs(rest)].concat(), &[])
         }
         "bench-compare" => bench_compare(rest),
+        // Dev profile: the dependencies and the kernels are optimised there (Cargo.toml), and it
+        // shares the build that the tests use.
+        "quality" => cargo(
+            &[&["run", "--locked", "-p", "diffusion-benches", "--example", "quality", "--"][..], &strs(rest)]
+                .concat(),
+            &[],
+        ),
         "help" | "--help" | "-h" => {
             println!("{}", usage());
             Ok(())
@@ -49,7 +57,7 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn usage() -> String {
-    "usage: cargo xtask ci | parity | check-gpu | bench [args…] | bench-compare [--only CONFIGS] | <diffusion command> [--backend cpu|wgpu|vulkan|cuda] [args…]\n\
+    "usage: cargo xtask ci | parity | check-gpu | bench [args…] | bench-compare [--only CONFIGS] | quality [toys|shapes|all] [--quick] | <diffusion command> [--backend cpu|wgpu|vulkan|cuda] [args…]\n\
      e.g. cargo xtask schedule --schedule cosine --steps 1000 --plot cosine.png"
         .to_string()
 }

@@ -149,7 +149,7 @@ pub fn run(args: &ModelArgs, device: &Device, out: &mut dyn Write) -> Result<()>
             ModelSpec::Mlp(c) => Some((c.data_dim, c.out_dim)),
             ModelSpec::Classifier(_) if args.process.given() => {
                 bail!(
-                    "--schedule/--steps/--variance/--mean describe a denoiser's process, not a classifier's"
+                    "--schedule/--steps/--variance/--mean/--zero-terminal-snr describe a denoiser's process, not a classifier's"
                 )
             }
             ModelSpec::Classifier(_) => None,

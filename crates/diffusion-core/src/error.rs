@@ -14,7 +14,8 @@ pub enum Error {
     /// from a prediction of ε (Lin et al. 2023, §3.2).
     #[error(
         "alphas_cumprod reaches 0 at the last step (zero terminal SNR), where x_T is pure noise: \
-         that needs a network that predicts v (mean = velocity), but this process's mean is {mean}"
+         that needs a network that predicts v (mean = velocity; `--prediction velocity` when training, \
+         `--mean velocity` for the process flags), but this process's mean is {mean}"
     )]
     ZeroTerminalSnr {
         /// The parameterisation that was asked for.

@@ -367,6 +367,9 @@ pub fn sample_with<const D: usize>(
                 x = s.sample;
                 s.pred_x0
             }
+            Method::Langevin { .. } if diffusion.has_zero_terminal_snr() => {
+                return Err(crate::step::zero_snr_refused("annealed Langevin dynamics"));
+            }
             Method::Langevin { steps_per_level, step_scale } => {
                 // NCSN runs on the variance-exploding variable y = x/√ᾱ_t, which carries over
                 // from level to level unchanged.

@@ -414,8 +414,9 @@ fn condition_score_at<const D: usize>(
     let eps = d.predict_eps_from_x0(x.clone(), at.t.clone(), p.pred_x0.clone())
         - at.mul(grad, |i| (1.0 - ab[i] as f32).sqrt());
     let pred_x0 = if d.has_zero_terminal_snr() {
-        // Where ᾱ = 0, x_t is pure noise and x̂_0 cannot be read from ε̂: the guided ε̂ moves the
-        // mean through the posterior, x̂_0 stays the network's.
+        // Where ᾱ = 0, x_t is pure noise and x̂_0 cannot be read from ε̂: x̂_0 stays the
+        // network's, so guidance does nothing at that step (as it should: x_T carries no
+        // information about y, ∇ log p(y∣x_T) = 0) and acts from the next step on.
         let tb = d.tables();
         let zero = |i: usize| ab[i] == 0.0;
         let coef = |table: &[f64], i: usize| if zero(i) { 0.0 } else { table[i] as f32 };
@@ -644,7 +645,8 @@ pub fn langevin_step<const D: usize>(
 pub(crate) fn zero_snr_refused(what: &str) -> SampleError {
     SampleError::InvalidOption(format!(
         "{what} needs a finite noise level σ_t = √((1 − ᾱ_t)/ᾱ_t) at every step, but this process has zero \
-         terminal SNR (ᾱ_T = 0, σ_T = ∞): use ddpm, ddim, dpm-solver++, unipc, euler, euler-a or heun"
+         terminal SNR (ᾱ_T = 0, σ_T = ∞): use ddpm, ddim, pc, dpm++2m, dpm++3m, sde-dpm++2m, unipc, euler, euler-a \
+         or heun"
     ))
 }
 

@@ -83,6 +83,17 @@ fn valid_default() -> usize {
     256
 }
 
+/// The process a classifier's x_t come from. A classifier only noises (q(x_t∣x_0)): the
+/// denoiser's parameterisation does not matter, so a zero-terminal-SNR process, which a denoiser
+/// may only use with v-prediction, is built with that mean whatever the config says.
+fn noising_process(spec: &ProcessSpec) -> Result<diffusion_core::GaussianDiffusion> {
+    let mut spec = spec.clone();
+    if spec.zero_terminal_snr {
+        spec.config.mean = diffusion_core::ModelMean::Velocity;
+    }
+    spec.build().map_err(|e| TrainError::Config(format!("process: {e}")))
+}
+
 /// Classifier presets: `shapes` (guides the `default` diffusion preset: 16×16 shapes, cosine
 /// T = 1000) and `tiny` (8×8, T = 20; tests).
 pub const CLASSIFIER_PRESETS: [&str; 2] = ["shapes", "tiny"];
@@ -131,7 +142,7 @@ impl ClassifierConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         self.model.validate().map_err(|e| TrainError::Config(format!("model: {e}")))?;
-        self.process.build().map_err(|e| TrainError::Config(format!("process: {e}")))?;
+        noising_process(&self.process)?;
         if self.model.unet.image_size != self.image_size {
             return bad(format!(
                 "model.unet.image_size {} differs from image_size {}",
@@ -375,7 +386,7 @@ pub fn train_classifier(cfg: ClassifierConfig, opts: RunOptions) -> Result<Class
         label_dropout: None,
         offset_noise: 0.0,
     };
-    let diffusion = cfg.process.build().map_err(|e| TrainError::Config(format!("process: {e}")))?;
+    let diffusion = noising_process(&cfg.process)?;
     let num_t = diffusion.num_timesteps();
     let (start_step, start_epoch) = resume.as_ref().map(|r| (r.0, r.1)).unwrap_or((0, 0));
     let interrupter = Interrupter::new();

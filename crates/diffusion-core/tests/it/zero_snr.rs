@@ -22,9 +22,14 @@ fn spec(mean: ModelMean, variance: ModelVariance) -> ProcessSpec {
 /// spec records the option in JSON only when it is set, so older records read as before.
 #[test]
 fn zero_terminal_snr_needs_v_prediction() {
-    for mean in [ModelMean::Epsilon, ModelMean::StartX, ModelMean::PreviousX] {
+    for (mean, name) in [
+        (ModelMean::Epsilon, "epsilon"),
+        (ModelMean::StartX, "start_x"),
+        (ModelMean::PreviousX, "previous_x"),
+    ] {
         let err = spec(mean, ModelVariance::FixedSmall).build().unwrap_err().to_string();
         assert!(err.contains("zero terminal SNR") && err.contains("velocity"), "{mean:?}: {err}");
+        assert!(err.contains(&format!("mean is {name}")), "the refusal names the mean given: {err}");
     }
     let d = spec(ModelMean::Velocity, ModelVariance::FixedSmall).build().unwrap();
     assert!(d.has_zero_terminal_snr());
@@ -36,6 +41,10 @@ fn zero_terminal_snr_needs_v_prediction() {
     assert!(!plain.build().unwrap().has_zero_terminal_snr());
     let json = serde_json::to_string(&plain).unwrap();
     assert!(!json.contains("zero_terminal_snr"), "{json}");
+    // A record written before the field existed reads as the plain schedule.
+    let mut old: serde_json::Value = serde_json::to_value(&plain).unwrap();
+    assert!(old.as_object_mut().unwrap().remove("zero_terminal_snr").is_none());
+    assert_eq!(serde_json::from_value::<ProcessSpec>(old).unwrap(), plain);
     let s = spec(ModelMean::Velocity, ModelVariance::FixedSmall);
     let back: ProcessSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     assert_eq!(back, s);

@@ -91,6 +91,10 @@ fn every_sampler_samples_the_gaussian_from_pure_noise() {
         let out = sample(&base, &model, &ids(), [1, 2], &noise, method, &opts(), None, &dev).unwrap();
         assert_data_moments(&format!("{method:?}"), out.sample, 0.05);
     }
+    // DPM-Solver++ over the respaced process's own steps reads its ᾱ_T = 0 as 2⁻²⁴ too.
+    let method = Method::DpmSolver { order: 2, algorithm: DpmAlgorithm::DpmSolverPp, schedule: None };
+    let out = sample(&respaced, &model, &ids(), [1, 2], &noise, method, &opts(), None, &dev).unwrap();
+    assert_data_moments("DPM-Solver++ 2M over the 100 trailing steps", out.sample, 0.05);
     // Euler-ancestral adds DDPM's posterior noise (σ_up² = σ_{i+1}²(σ_i² − σ_{i+1}²)/σ_i²), so
     // over the same trailing steps it is DDPM's chain, under-dispersed at 100 steps like it
     // (std 0.277 for s = 0.3): its moments are that chain's exact ones.
@@ -119,6 +123,17 @@ fn langevin_refuses_a_zero_snr_process() {
     };
     let err = err.to_string();
     assert!(err.contains("zero terminal SNR") && err.contains("ddim"), "{err}");
+    // Refused before any step, however many Langevin steps per level (none: no step to refuse).
+    let none = Method::Langevin { steps_per_level: 0, step_scale: 0.1 };
+    let calls = std::cell::Cell::new(0);
+    let counting = |x: Tensor<2>, t: Tensor<1>| {
+        calls.set(calls.get() + 1);
+        model(x, t)
+    };
+    let result =
+        sample(&base, &counting, &ids()[..4], [1, 2], &NoiseSource::new(1), none, &opts(), None, &dev);
+    assert!(result.is_err(), "Langevin with no steps per level ran on a zero-SNR process");
+    assert_eq!(calls.get(), 0, "the network was called before the refusal");
 }
 
 /// Classifier guidance on DDIM at zero terminal SNR: at ᾱ = 0 x̂_0 cannot be read back from the

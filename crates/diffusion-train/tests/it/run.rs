@@ -252,6 +252,16 @@ fn invalid_configs_name_the_problem() {
     cfg.data = "mnist:/nonexistent/mnist".into();
     let err = train(cfg, opts(&temp_dir("missing"))).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/mnist"), "{err}");
+    // Zero terminal SNR: a denoiser must predict v; a classifier only noises, so its config's
+    // mean does not matter.
+    let mut cfg = tiny();
+    cfg.process.zero_terminal_snr = true;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("zero terminal SNR") && err.contains("mean is epsilon"), "{err}");
+    let mut clf = diffusion_train::ClassifierConfig::preset("tiny").unwrap();
+    clf.process.zero_terminal_snr = true;
+    assert_eq!(clf.process.config.mean, ModelMean::Epsilon);
+    clf.validate().unwrap();
 }
 
 #[test]
