@@ -1,5 +1,5 @@
 //! Sample quality per network evaluation (`cargo xtask quality`, or
-//! `cargo run -p diffusion-benches --example quality -- [toys|shapes|all] [--quick] [--out DIR]`).
+//! `cargo run -p diffusion-benches --example quality -- [toys|shapes|all|report] [--quick] [--out DIR]`).
 //!
 //! - **toys**: the `swissroll` preset's MLP (10 000 steps) trained on each 2-D toy; DDPM, DDIM,
 //!   DPM-Solver++ 2M (and with Karras σ), UniPC, Euler and Heun at 5–100 network evaluations;
@@ -14,7 +14,8 @@
 //!   stratified timesteps; CFG at w = 0, 1, 3, 5 (diffusers' scale s = 1 + w) with a grid per w.
 //!
 //! Everything is written under `--out` (default `docs/quality`): `toys.json`, `shapes.json`,
-//! `results.md` (the tables of the docs page) and the PNG charts and grids. The trained runs
+//! `results.md` (the tables of the docs page) and the PNG charts and grids; `report` redraws
+//! the charts and tables from the JSON files alone. The trained runs
 //! stay under `target/quality-runs` and are reused (resumed) by a second invocation.
 
 use std::fmt::Write as _;
@@ -141,7 +142,7 @@ fn train_run(cfg: TrainConfig, dir: &Path, device: &Device) -> AnyResult<Net> {
 // ---------------------------------------------------------------------------------------------
 // The 2-D toys.
 
-fn toys(out: &Path, runs: &Path, quick: bool, device: &Device) -> AnyResult<Value> {
+fn toys(runs: &Path, quick: bool, device: &Device) -> AnyResult<Value> {
     let seeds: u64 = if quick { 2 } else { 5 };
     let n: usize = if quick { 300 } else { 2000 };
     let (projections, bandwidth) = (200, 0.2);
@@ -191,12 +192,6 @@ fn toys(out: &Path, runs: &Path, quick: bool, device: &Device) -> AnyResult<Valu
         let entry = json!({"toy": toy_name, "samples": n, "seeds": seeds, "projections": projections,
             "bandwidth": bandwidth, "floor": {"sw2": fs, "sw2_se": fse, "mmd2": fm, "mmd2_se": fmse},
             "rows": rows});
-        plot_metric(
-            &out.join(format!("toys-{toy_name}.png")),
-            &format!("{toy_name}: {n} samples vs held-out, mean ± s.e. over {seeds} seeds"),
-            &entry,
-            &[("sw2", "sliced W2"), ("mmd2", "MMD² (RBF, h = 0.2)")],
-        )?;
         results.push(entry);
     }
     Ok(json!({"toys": results}))
@@ -468,23 +463,52 @@ fn shapes(out: &Path, runs: &Path, quick: bool, device: &Device) -> AnyResult<Va
     }
 
     let entry = json!({"samples": n, "judge_accuracy": judge_acc, "floor_sw2": floor_sw,
-        "heldout_mse": mse, "rows": rows, "cfg": {"sampler": "dpm++2m", "nfe": cfg_nfe, "rows": cfg_rows},
+        "heldout_mse": mse, "rows": rows.clone(), "cfg": {"sampler": "dpm++2m", "nfe": cfg_nfe, "rows": cfg_rows},
         "classes": shapes::CLASSES});
-    for model in ["eps"] {
-        let sub = json!({"floor": {"sw2": floor_sw}, "rows": entry["rows"].as_array().map(|r| r.iter()
-            .filter(|x| x["model"] == model).cloned().collect::<Vec<_>>())});
-        plot_metric(
-            &out.join(format!("shapes-{model}.png")),
-            &format!("shapes, {model}: {n} samples; judge accuracy on real images {judge_acc:.3}"),
-            &sub,
-            &[("accuracy", "accuracy of the requested class"), ("sw2", "pixel sliced W2 to held-out")],
-        )?;
-    }
     Ok(entry)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Charts and tables.
+
+/// The charts of the results (also `quality report`, from the JSON files alone).
+fn charts(out: &Path, toys: Option<&Value>, shapes: Option<&Value>) -> AnyResult<()> {
+    for t in toys.and_then(|t| t["toys"].as_array()).into_iter().flatten() {
+        let name = t["toy"].as_str().unwrap_or("toy");
+        plot_metric(
+            &out.join(format!("toys-{name}.png")),
+            &format!("{name}: {} samples vs held-out, mean ± s.e. over {} seeds", t["samples"], t["seeds"]),
+            t,
+            &[("sw2", "sliced W2"), ("mmd2", "MMD² (RBF, h = 0.2)")],
+        )?;
+    }
+    if let Some(sh) = shapes {
+        let eps_rows: Vec<Value> =
+            sh["rows"].as_array().into_iter().flatten().filter(|r| r["model"] == "eps").cloned().collect();
+        plot_metric(
+            &out.join("shapes-eps.png"),
+            &format!(
+                "shapes, ε model: {} samples per point; the judge's accuracy on real images {:.3}",
+                sh["samples"],
+                sh["judge_accuracy"].as_f64().unwrap_or(f64::NAN)
+            ),
+            &json!({"floor": {"sw2": sh["floor_sw2"]}, "rows": eps_rows}),
+            &[("accuracy", "accuracy of the requested class"), ("sw2", "pixel sliced W2 to held-out")],
+        )?;
+    }
+    Ok(())
+}
+
+/// One colour per sampler (Set1; DPM-Solver++ 2M and UniPC often coincide, UniPC is drawn on top).
+const COLOURS: [RGBColor; 7] = [
+    RGBColor(228, 26, 28),
+    RGBColor(55, 126, 184),
+    RGBColor(77, 175, 74),
+    RGBColor(152, 78, 163),
+    RGBColor(255, 127, 0),
+    RGBColor(166, 86, 40),
+    RGBColor(247, 129, 191),
+];
 
 /// One panel per metric: the metric against NFE (log axis), one line per sampler, error bars
 /// where the rows have `{metric}_se`.
@@ -535,7 +559,7 @@ fn plot_metric(path: &Path, caption: &str, entry: &Value, metrics: &[(&str, &str
             .axis_desc_style(("sans-serif", 14))
             .draw()?;
         for (i, sampler) in SAMPLERS.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = COLOURS[i % COLOURS.len()].to_rgba();
             let pts: Vec<(f64, f64, f64, f64)> = rows
                 .iter()
                 .filter(|r| r["sampler"] == *sampler)
@@ -648,7 +672,7 @@ fn markdown(toys: Option<&Value>, shapes: Option<&Value>) -> String {
         let _ = writeln!(
             s,
             "| w (s = 1 + w) | accuracy | per class ({}) | pixel SW2 |\n|---|---|---|---|",
-            "disc, square, triangle, cross"
+            shapes::CLASSES.join(", ")
         );
         for r in sh["cfg"]["rows"].as_array().into_iter().flatten() {
             let pc = r["per_class"]
@@ -712,8 +736,8 @@ fn main() -> AnyResult<()> {
     diffusion_alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let what = args.first().filter(|a| !a.starts_with("--")).cloned().unwrap_or_else(|| "all".into());
-    if !["toys", "shapes", "all"].contains(&what.as_str()) {
-        return Err(format!("expected toys, shapes or all, got {what:?}").into());
+    if !["toys", "shapes", "all", "report"].contains(&what.as_str()) {
+        return Err(format!("expected toys, shapes, all or report, got {what:?}").into());
     }
     let quick = args.iter().any(|a| a == "--quick");
     let out = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "docs/quality".into()));
@@ -725,16 +749,17 @@ fn main() -> AnyResult<()> {
     };
     let mut toys_v = read("toys.json");
     let mut shapes_v = read("shapes.json");
-    if what != "shapes" {
-        let v = toys(&out, &runs, quick, &device)?;
+    if what == "toys" || what == "all" {
+        let v = toys(&runs, quick, &device)?;
         std::fs::write(out.join("toys.json"), serde_json::to_string_pretty(&v)?)?;
         toys_v = Some(v);
     }
-    if what != "toys" {
+    if what == "shapes" || what == "all" {
         let v = shapes(&out, &runs, quick, &device)?;
         std::fs::write(out.join("shapes.json"), serde_json::to_string_pretty(&v)?)?;
         shapes_v = Some(v);
     }
+    charts(&out, toys_v.as_ref(), shapes_v.as_ref())?;
     std::fs::write(out.join("results.md"), markdown(toys_v.as_ref(), shapes_v.as_ref()))?;
     eprintln!("wrote {}", out.display());
     Ok(())
