@@ -117,18 +117,20 @@ fn to_points(x: Tensor<2>) -> AnyResult<Vec<[f32; 2]>> {
     Ok(v.chunks(2).map(|c| [c[0], c[1]]).collect())
 }
 
+/// A run in `dir` that resumes (or, finished, only reloads) what an earlier invocation trained.
+fn run_options(dir: &Path, device: &Device) -> RunOptions {
+    RunOptions {
+        run_dir: dir.to_path_buf(),
+        resume: Resume::Auto,
+        devices: vec![device.clone()],
+        progress: ProgressStyle::Plain,
+        ..Default::default()
+    }
+}
+
 fn train_run(cfg: TrainConfig, dir: &Path, device: &Device) -> AnyResult<Net> {
     let t = Instant::now();
-    let summary = train(
-        cfg,
-        RunOptions {
-            run_dir: dir.to_path_buf(),
-            resume: Resume::Auto,
-            devices: vec![device.clone()],
-            progress: ProgressStyle::Plain,
-            ..Default::default()
-        },
-    )?;
+    let summary = train(cfg, run_options(dir, device))?;
     eprintln!(
         "trained {} ({} steps) in {:.0} s",
         dir.display(),
@@ -364,21 +366,17 @@ fn shapes(out: &Path, runs: &Path, quick: bool, device: &Device) -> AnyResult<Va
     let mut judge_cfg = ClassifierConfig::preset("shapes")?;
     judge_cfg.noised = false;
     judge_cfg.seed = 17;
+    // The guidance preset's 600 steps leave a clean classifier at ≈ 75 % held-out accuracy: a
+    // judge must be better than the samples it grades.
+    judge_cfg.steps = 3000;
+    judge_cfg.checkpoint_every = 1000;
+    judge_cfg.optim.lr_anneal_steps = 3000;
     if quick {
         judge_cfg.steps = 40;
         judge_cfg.checkpoint_every = 40;
     }
     let t = Instant::now();
-    let judge = train_classifier(
-        judge_cfg,
-        RunOptions {
-            run_dir: runs.join("shapes-judge"),
-            resume: Resume::Auto,
-            devices: vec![device.clone()],
-            progress: ProgressStyle::Plain,
-            ..Default::default()
-        },
-    )?;
+    let judge = train_classifier(judge_cfg, run_options(&runs.join("shapes-judge-3000"), device))?;
     eprintln!(
         "judge trained in {:.0} s, held-out accuracy {:?}",
         t.elapsed().as_secs_f64(),
