@@ -23,25 +23,28 @@ fn process(steps: usize, variance: ModelVariance) -> GaussianDiffusion {
     GaussianDiffusion::from_schedule(&BetaSchedule::Cosine { num_timesteps: steps }, config).unwrap()
 }
 
+/// A stand-in network for the Gaussian data: `f(t, x, d)` for every coordinate x (dimension d)
+/// of every row, t that row's timestep.
+fn per_coordinate(x: Tensor<2>, t: Tensor<1>, f: impl Fn(f64, f64, usize) -> f64) -> Tensor<2> {
+    let dev = x.device();
+    let dim = x.dims()[1];
+    let ts = values(t);
+    let xs = values(x);
+    let out: Vec<f32> =
+        (0..ts.len() * dim).map(|k| f(f64::from(ts[k / dim]), f64::from(xs[k]), k % dim) as f32).collect();
+    Tensor::from_data(TensorData::new(out, [ts.len(), dim]), &dev)
+}
+
 /// The exact ε-prediction for the Gaussian data, using the original process's ᾱ at the (original)
 /// timestep the sampler passes in.
 /// Dimension `d` of the data has mean MU[d % 2] and standard deviation S[d % 2].
 fn perfect(original: &GaussianDiffusion) -> impl Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + '_ {
     move |x: Tensor<2>, t: Tensor<1>| {
-        let dev = x.device();
-        let dim = x.dims()[1];
-        let ts = values(t);
-        let xs = values(x);
-        let mut out = Vec::with_capacity(xs.len());
-        for (row, tv) in ts.iter().enumerate() {
+        per_coordinate(x, t, |tv, x, d| {
             let ab = original.tables().alphas_cumprod[tv.round() as usize];
-            for d in 0..dim {
-                let x = f64::from(xs[row * dim + d]);
-                let (mu, s) = (MU[d % 2], S[d % 2]);
-                out.push(((1.0 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * s * s + 1.0 - ab)) as f32);
-            }
-        }
-        Tensor::from_data(TensorData::new(out, [ts.len(), dim]), &dev)
+            let (mu, s) = (MU[d % 2], S[d % 2]);
+            (1.0 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * s * s + 1.0 - ab)
+        })
     }
 }
 

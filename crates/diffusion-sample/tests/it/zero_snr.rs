@@ -6,7 +6,7 @@
 //! and E[ε | x_t] = √(1 − ᾱ) (x_t − √ᾱ μ)/(ᾱ s² + 1 − ᾱ); v̂ = √ᾱ ε̂ − √(1 − ᾱ) x̂_0. At ᾱ = 0
 //! that is v̂ = −μ: the network knows nothing of x_0 but its mean.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use diffusion_core::{
     BetaSchedule, DiffusionConfig, GaussianDiffusion, ModelMean, ProcessSpec, TimestepSpacing, interp_sigma,
     spaced_timesteps, training_sigmas,
@@ -16,7 +16,7 @@ use diffusion_sample::karras::{Churn, KarrasMethod};
 use diffusion_sample::unipc::UniPcVariant;
 use diffusion_sample::{Method, NoiseSource, StepSchedule, sample};
 
-use crate::{MU, S, assert_data_moments, assert_exact_moments, device, ids, opts, values};
+use crate::{MU, S, assert_data_moments, assert_exact_moments, device, ids, opts, per_coordinate, values};
 
 fn zero_snr_process() -> GaussianDiffusion {
     let config = DiffusionConfig { mean: ModelMean::Velocity, ..Default::default() };
@@ -35,29 +35,19 @@ fn perfect_v(original: &GaussianDiffusion) -> impl Fn(Tensor<2>, Tensor<1>) -> T
     let ab = original.tables().alphas_cumprod.clone();
     let sigmas = training_sigmas(&ab);
     move |x: Tensor<2>, t: Tensor<1>| {
-        let dev = x.device();
-        let dim = x.dims()[1];
-        let ts = values(t);
-        let xs = values(x);
-        let mut out = Vec::with_capacity(xs.len());
-        for (row, &tv) in ts.iter().enumerate() {
-            let tv = f64::from(tv);
+        per_coordinate(x, t, |tv, x, d| {
             let a = if tv.fract() == 0.0 {
                 ab[tv as usize]
             } else {
                 let s = interp_sigma(&sigmas, tv);
                 1.0 / (1.0 + s * s)
             };
-            for d in 0..dim {
-                let x = f64::from(xs[row * dim + d]);
-                let (mu, s) = (MU[d % 2], S[d % 2]);
-                let den = a * s * s + 1.0 - a;
-                let eps = (1.0 - a).sqrt() * (x - a.sqrt() * mu) / den;
-                let x0 = mu + a.sqrt() * s * s * (x - a.sqrt() * mu) / den;
-                out.push((a.sqrt() * eps - (1.0 - a).sqrt() * x0) as f32);
-            }
-        }
-        Tensor::from_data(TensorData::new(out, [ts.len(), dim]), &dev)
+            let (mu, s) = (MU[d % 2], S[d % 2]);
+            let den = a * s * s + 1.0 - a;
+            let eps = (1.0 - a).sqrt() * (x - a.sqrt() * mu) / den;
+            let x0 = mu + a.sqrt() * s * s * (x - a.sqrt() * mu) / den;
+            a.sqrt() * eps - (1.0 - a).sqrt() * x0
+        })
     }
 }
 
