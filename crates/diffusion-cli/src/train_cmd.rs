@@ -187,6 +187,8 @@ pub fn run(args: &TrainArgs, device: DeviceSpec) -> Result<()> {
             _ => bail!("--label-dropout needs a class-conditional UNet"),
         }
     }
+    // Checked before printing too: a printed config is one `--config` accepts.
+    cfg.validate()?;
     if let Some(f) = args.print_config {
         match f {
             ConfigFormat::Json => println!("{}", cfg.to_json()),
@@ -194,7 +196,6 @@ pub fn run(args: &TrainArgs, device: DeviceSpec) -> Result<()> {
         }
         return Ok(());
     }
-    cfg.validate()?;
     let run_dir = match (&args.out, &resume) {
         (Some(o), _) => o.clone(),
         (None, Resume::Path(p)) => p

@@ -261,6 +261,9 @@ fn bad_training_input_is_a_clear_error() {
     assert_eq!(cfg["process"]["zero_terminal_snr"], true, "{cfg}");
     let e = fails(&["train", "--preset", "tiny-mlp", "--zero-terminal-snr", "--out", "/tmp/x-never"]);
     assert!(e.contains("zero terminal SNR") && e.contains("velocity"), "{e}");
+    // Not printed as a config either: a printed config is one that trains.
+    let e = fails(&["train", "--preset", "tiny-mlp", "--zero-terminal-snr", "--print-config", "json"]);
+    assert!(e.contains("zero terminal SNR") && e.contains("velocity"), "{e}");
     assert!(
         fails(&["train", "--preset", "swissroll", "--label-dropout", "0.1"])
             .contains("class-conditional UNet")
