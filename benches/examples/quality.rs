@@ -26,15 +26,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use diffusion_core::{GaussianDiffusion, ModelMean, TimestepSpacing};
 use diffusion_models::checkpoint::ModelSpec;
 use diffusion_models::{EncoderUNet, Mlp, UNet};
-use diffusion_sample::checkpoint::ConditionalUnet;
 use diffusion_sample::dpm_solver::DpmAlgorithm;
+use diffusion_sample::generate::{self, Job};
 use diffusion_sample::karras::{Churn, KarrasMethod};
 use diffusion_sample::metrics::{mmd_rbf, sliced_wasserstein, sliced_wasserstein_nd};
 use diffusion_sample::output::{save_grid_png_scaled, to_images};
 use diffusion_sample::unipc::UniPcVariant;
-use diffusion_sample::{
-    ClassifierFree, Denoiser, GuidedUnet, Method, NoiseSource, SampleOptions, StepSchedule, sample,
-};
+use diffusion_sample::{ClassifierFree, Method, NoiseSource, SampleOptions, StepSchedule};
 use diffusion_train::data::points::Toy;
 use diffusion_train::data::shapes;
 use diffusion_train::{
@@ -199,6 +197,12 @@ fn toys(runs: &Path, quick: bool, device: &Device) -> AnyResult<Value> {
     Ok(json!({"toys": results}))
 }
 
+/// A sampling job of `d` and `method` (`diffusion_sample::generate`, as `diffusion sample` runs
+/// it).
+fn job(d: &GaussianDiffusion, method: Method, seed: u64, cfg: Option<ClassifierFree>) -> Job<'_> {
+    Job { diffusion: d, method, options: SampleOptions::default(), seed, batch_size: 2048, cfg }
+}
+
 fn sample_points(
     d: &GaussianDiffusion,
     mlp: &Mlp,
@@ -208,16 +212,14 @@ fn sample_points(
     device: &Device,
 ) -> AnyResult<Vec<[f32; 2]>> {
     let ids: Vec<u64> = (0..n as u64).collect();
-    let options = SampleOptions { clip_denoised: false, record_every: None };
-    let out = sample(d, mlp, &ids, [1, 2], &NoiseSource::new(seed), method, &options, None, device)?;
-    to_points(out.sample)
+    to_points(generate::sample_points(&job(d, method, seed, None), mlp, &ids, device, &|_| {})?)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The shapes.
 
-/// Samples `n` images (labels `id mod classes`), CFG at scale `cfg` when given; 8-bit quantised
-/// as a saved image would be.
+/// Samples `n` images, class c for ids ≡ c (mod classes), grouped by class (`n / classes` each);
+/// CFG at scale `cfg` when given; 8-bit quantised as a saved image would be.
 fn sample_images(
     d: &GaussianDiffusion,
     unet: &UNet,
@@ -227,34 +229,19 @@ fn sample_images(
     cfg: Option<ClassifierFree>,
     device: &Device,
 ) -> AnyResult<(Tensor<4>, Vec<i64>)> {
-    let classes = unet.num_classes.max(1);
-    let noise = NoiseSource::new(seed);
-    let item = [1, unet.in_channels, unet.image_size, unet.image_size];
+    let classes = unet.num_classes.max(1) as u64;
+    let job = Job { batch_size: 64, ..job(d, method, seed, cfg) };
     let mut chunks = Vec::new();
-    let mut all_labels = Vec::new();
-    let ids: Vec<u64> = (0..n as u64).collect();
-    for chunk in ids.chunks(64) {
-        let labels: Vec<i64> = chunk.iter().map(|&i| (i % classes as u64) as i64).collect();
-        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [chunk.len()]), device);
-        let guided;
-        let plain;
-        let model: &dyn Denoiser<4> = match cfg {
-            Some(c) => {
-                guided = GuidedUnet::new(unet, y, c)?;
-                &guided
-            }
-            None => {
-                plain = ConditionalUnet { unet, labels: (unet.num_classes > 0).then_some(y) };
-                &plain
-            }
-        };
-        let out = sample(d, model, chunk, item, &noise, method, &SampleOptions::default(), None, device)?;
-        chunks.push(out.sample);
-        all_labels.extend(labels);
+    let mut labels = Vec::new();
+    for c in 0..classes {
+        let ids: Vec<u64> = (c..n as u64).step_by(classes as usize).collect();
+        let out = generate::sample_images(&job, unet, &ids, Some(c as usize), None, device, &|_| {})?;
+        chunks.push(out.samples);
+        labels.extend(out.labels);
     }
     let x = Tensor::cat(chunks, 0);
     let q = x.add_scalar(1.0).mul_scalar(127.5).round().clamp(0.0, 255.0).div_scalar(127.5).sub_scalar(1.0);
-    Ok((q, all_labels))
+    Ok((q, labels))
 }
 
 fn flat(x: Tensor<4>) -> AnyResult<Vec<Vec<f32>>> {
@@ -452,8 +439,8 @@ fn shapes(out: &Path, runs: &Path, quick: bool, device: &Device) -> AnyResult<Va
             "CFG w = {w}: accuracy {acc:.3} ± {:.3}, per class {per_class:?}, SW2 {sw:.4}",
             binomial_se(acc, n)
         );
-        // A grid: 4 rows (one per class) of 8 samples.
-        let keep: Vec<i64> = (0..4).flat_map(|c| (0..8).map(move |k| (c + 4 * k) as i64)).collect();
+        // A grid: 4 rows (one per class) of 8 samples (the samples come grouped by class).
+        let keep: Vec<i64> = (0..4).flat_map(|c| (0..8).map(move |k| (c * n / 4 + k) as i64)).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(keep, [32]), device);
         save_grid_png_scaled(&out.join(format!("cfg-w{w}.png")), &to_images(x.select(0, idx)), 8, 3)?;
         cfg_rows.push(json!({"w": w, "scale": 1.0 + w, "accuracy": acc, "accuracy_se": binomial_se(acc, n),

@@ -10,22 +10,13 @@ use rand_chacha::ChaCha8Rng;
 pub fn sliced_wasserstein(a: &[[f32; 2]], b: &[[f32; 2]], projections: usize, seed: u64) -> f64 {
     assert!(!a.is_empty() && !b.is_empty(), "sliced_wasserstein needs non-empty sets");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n = a.len().min(b.len());
-    let quantiles = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let m = v.len();
-        (0..n).map(|k| v[(k * m + m / 2) / n.max(1) % m.max(1)]).collect::<Vec<_>>()
-    };
-    let mut total = 0.0;
-    for _ in 0..projections.max(1) {
+    sliced(a.len().min(b.len()), projections, || {
         let angle = rng.random::<f64>() * std::f64::consts::TAU;
         let (c, s) = (angle.cos(), angle.sin());
         let proj =
             |p: &[[f32; 2]]| p.iter().map(|q| f64::from(q[0]) * c + f64::from(q[1]) * s).collect::<Vec<_>>();
-        let (pa, pb) = (quantiles(proj(a)), quantiles(proj(b)));
-        total += pa.iter().zip(&pb).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n as f64;
-    }
-    (total / projections.max(1) as f64).sqrt()
+        (proj(a), proj(b))
+    })
 }
 
 /// Sliced Wasserstein-2 distance between sets of D-dimensional vectors (e.g. flattened images):
@@ -48,14 +39,7 @@ pub fn sliced_wasserstein_nd(
         return Err(MetricError::Dimension { expected: dim, got: bad });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n = a.len().min(b.len());
-    let quantiles = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        let m = v.len();
-        (0..n).map(|k| v[(k * m + m / 2) / n]).collect::<Vec<_>>()
-    };
-    let mut total = 0.0;
-    for _ in 0..projections.max(1) {
+    Ok(sliced(a.len().min(b.len()), projections, || {
         let mut u: Vec<f64> = (0..dim)
             .map(|_| {
                 let (p, q): (f64, f64) = (rng.random(), rng.random());
@@ -69,10 +53,25 @@ pub fn sliced_wasserstein_nd(
                 .map(|v| v.iter().zip(&u).map(|(x, w)| f64::from(*x) * w).sum::<f64>())
                 .collect::<Vec<_>>()
         };
-        let (pa, pb) = (quantiles(proj(a)), quantiles(proj(b)));
+        (proj(a), proj(b))
+    }))
+}
+
+/// The root mean, over `projections` draws of `project` (both sets projected on one random
+/// direction), of the squared 1-D W2 distance at `n` matched quantiles.
+fn sliced(n: usize, projections: usize, mut project: impl FnMut() -> (Vec<f64>, Vec<f64>)) -> f64 {
+    let quantiles = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let m = v.len();
+        (0..n).map(|k| v[(k * m + m / 2) / n.max(1) % m.max(1)]).collect::<Vec<_>>()
+    };
+    let mut total = 0.0;
+    for _ in 0..projections.max(1) {
+        let (pa, pb) = project();
+        let (pa, pb) = (quantiles(pa), quantiles(pb));
         total += pa.iter().zip(&pb).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n as f64;
     }
-    Ok((total / projections.max(1) as f64).sqrt())
+    (total / projections.max(1) as f64).sqrt()
 }
 
 /// Why a distance between sample sets cannot be computed.

@@ -285,6 +285,10 @@ pub fn sample_with<const D: usize>(
                     .into(),
             ));
         }
+        // Annealed Langevin runs on y = x/√ᾱ, undefined where ᾱ_T = 0: refused before any step.
+        Method::Langevin { .. } if diffusion.has_zero_terminal_snr() => {
+            return Err(crate::step::zero_snr_refused("annealed Langevin dynamics"));
+        }
         Method::UniPc { order, variant, schedule } => {
             let ab = &diffusion.tables().alphas_cumprod;
             let (steps, karras) = match schedule {
@@ -366,9 +370,6 @@ pub fn sample_with<const D: usize>(
                 let s = ddim_step(diffusion, x, i, m, eta, n, &step_options)?;
                 x = s.sample;
                 s.pred_x0
-            }
-            Method::Langevin { .. } if diffusion.has_zero_terminal_snr() => {
-                return Err(crate::step::zero_snr_refused("annealed Langevin dynamics"));
             }
             Method::Langevin { steps_per_level, step_scale } => {
                 // NCSN runs on the variance-exploding variable y = x/√ᾱ_t, which carries over
